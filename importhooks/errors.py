@@ -1,0 +1,70 @@
+"""The exceptions importhooks raises: one small tree under :class:`ImporthooksError`.
+
+Configuration and loading problems are raised to the embedder (a server refuses to
+start, the CLI exits 2). Everything that goes wrong *during* an import run is turned
+into a finding and a ``reject`` by the pipeline; the :class:`RunAborted` branch is how
+the framework itself stops a run early, each with the finding code it stands for.
+"""
+
+from __future__ import annotations
+
+
+class ImporthooksError(Exception):
+    """Base class of every exception importhooks raises on purpose."""
+
+
+class ConfigError(ImporthooksError):
+    """A setting is unknown or has a bad value; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}")
+
+
+class PluginLoadError(ImporthooksError):
+    """A plugin could not be loaded: import failure, bad hookimpl, or a name collision."""
+
+
+class RunAborted(ImporthooksError):
+    """Stops an import run; the pipeline records ``code`` and rejects.
+
+    Plugins do not raise this directly: they call ``context.reject(...)``, and the
+    framework raises the subclasses below when a budget runs out.
+    """
+
+    code = "pipeline.aborted"
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(detail or self.code)
+
+
+class Rejected(RunAborted):
+    """A plugin rejected the import with ``context.reject()``; its finding is already recorded."""
+
+    code = "pipeline.rejected"
+
+
+class ReadBudgetExceeded(RunAborted):
+    """A plugin read more of the data than the read budget allows."""
+
+    code = "data.read_budget"
+
+
+class DataChanged(RunAborted):
+    """The data changed size while it was being read."""
+
+    code = "data.changed"
+
+
+class StageTimeout(RunAborted):
+    """A stage ran past its time budget."""
+
+    code = "pipeline.timeout"
+
+
+class Halted(RunAborted):
+    """The kill switch was set while the import was running."""
+
+    code = "pipeline.halted"

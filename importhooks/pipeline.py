@@ -1,0 +1,270 @@
+"""The import pipeline: runs the stages over one request and fails closed.
+
+A :class:`Pipeline` is built once from settings (it loads the plugins and checks
+their options) and runs any number of requests, from any number of threads. Each
+run works in a worker thread while the calling thread watches the stage deadlines:
+a stage past its budget, a halt, or a plugin that raises ends the run with
+``reject`` and a ``pipeline.*`` finding, and the run's temporary directory is
+always removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from . import codes
+from .context import ImportContext
+from .data import ImageData
+from .errors import ConfigError, Halted, RunAborted, StageTimeout
+from .events import Event, EventType
+from .findings import Finding, FindingCode, FindingSink, Severity, Verdict, verdict_of
+from .killswitch import KillSwitch
+from .plugins import FAILURE_RECORDER, PluginRegistry, _record_failure, build_registry
+from .request import ImportRequest
+from .result import ImportResult
+from .settings import STAGES, PluginOptions, Settings
+
+log = logging.getLogger("importhooks.pipeline")
+
+_PROGRESS_INTERVAL = 1.0
+
+
+class RunControl:
+    """Deadlines, halt and cancellation of one run, checked by every data read."""
+
+    def __init__(self, settings: Settings, killswitch: KillSwitch, on_progress: Callable[[int, int], None]) -> None:
+        self._settings = settings
+        self._killswitch = killswitch
+        self._on_progress = on_progress
+        self._run_deadline = time.monotonic() + settings.run_timeout
+        self.stage_deadline = self._run_deadline
+        self.cancelled: type[RunAborted] | None = None
+        self._next_halt_check = 0.0
+
+    def start_stage(self, stage: str) -> None:
+        self.check_halt(force=True)
+        self.stage_deadline = min(self._run_deadline, time.monotonic() + self._settings.timeouts.of(stage))
+
+    def check_halt(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_halt_check:
+            self._next_halt_check = now + 0.25
+            if self._killswitch.is_halted():
+                raise Halted("the kill switch is set")
+
+    def check(self) -> None:
+        if self.cancelled is not None:
+            raise self.cancelled("the run was stopped")
+        if time.monotonic() > self.stage_deadline:
+            raise StageTimeout("the stage ran past its time budget")
+        self.check_halt()
+
+    def new_layer(self, path: Path, *, kind: str, parent: ImageData | None) -> ImageData:
+        return ImageData(
+            path,
+            kind=kind,
+            check=self.check,
+            max_read_passes=self._settings.max_read_passes,
+            hash_algo=self._settings.hashing_algorithm,
+            on_progress=self._on_progress,
+            parent=parent,
+        )
+
+
+class Pipeline:
+    """Runs import requests through the plugins of a :class:`PluginRegistry`."""
+
+    def __init__(self, settings: Settings, registry: PluginRegistry, killswitch: KillSwitch | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.killswitch = killswitch or KillSwitch.from_settings(settings)
+        self.catalog = _build_catalog(registry)
+        self.options = _resolve_options(settings, registry)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, extra_plugins: Iterable[tuple[str, object]] = (),
+                      killswitch: KillSwitch | None = None) -> Pipeline:
+        """Build a pipeline with the built-in, entry-point and configured plugins."""
+        settings = settings or Settings()
+        return cls(settings, build_registry(settings, extra_plugins), killswitch)
+
+    def notify(self, event: Event, context: ImportContext | None = None) -> None:
+        """Send an event to every ``importhooks_notify`` implementation (e.g. ``accepted`` from a server)."""
+        self.registry.hook.importhooks_notify(event=event, context=context)
+
+    def run(self, request: ImportRequest) -> ImportResult:
+        """Run every stage over ``request`` and return the result. Never raises for bad data."""
+        started = time.monotonic()
+        workdir = Path(tempfile.mkdtemp(prefix="importhooks-", dir=self.settings.work_dir))
+        run = _Run(self, request, workdir)
+        try:
+            run.start()
+            return run.wait(started)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _Run:
+    """One run: a worker thread executing the stages, watched by the caller's thread."""
+
+    def __init__(self, pipeline: Pipeline, request: ImportRequest, workdir: Path) -> None:
+        self.pipeline = pipeline
+        self.sink = FindingSink()
+        self.done = threading.Event()
+        self.stage = "pre_validate"
+        self.completed = False
+        self._last_progress = 0.0
+        self.control = RunControl(pipeline.settings, pipeline.killswitch, self._progress)
+        data = self.control.new_layer(Path(request.path), kind="staged", parent=None)
+        self.context = ImportContext(request, pipeline.settings, sink=self.sink, catalog=pipeline.catalog,
+                                     options=pipeline.options, control=self.control, workdir=workdir, data=data)
+
+    def framework_finding(self, code: FindingCode, detail: str | None = None, plugin: str = "importhooks") -> None:
+        self.sink.add(Finding(code.code, code.severity, self.stage, plugin, code.summary, detail))
+
+    def _record_plugin_failure(self, plugin: str, exc: BaseException) -> None:
+        """Record why the run stops, once, at the first guard the exception passes."""
+        if isinstance(exc, RunAborted):
+            code = codes.BY_NAME.get(exc.code)
+            if code is not None and self.control.cancelled is None:  # the watcher recorded a cancel already
+                self.framework_finding(code, exc.detail or None)
+            return  # Rejected: the plugin reported its finding itself
+        detail = f"{type(exc).__name__}: {exc!r}"[:500]
+        log.error("plugin %r failed in %s of request %s: %s", plugin, self.stage, self.context.request_id, detail)
+        self.framework_finding(codes.PLUGIN_FAILED, detail, plugin=plugin)
+
+    def _progress(self, seen: int, total: int) -> None:
+        now = time.monotonic()
+        if total and now - self._last_progress >= _PROGRESS_INTERVAL:
+            self._last_progress = now
+            self._emit(Event(EventType.PROGRESS, self.context.request_id, self.stage, round(100 * seen / total, 1)))
+
+    def _emit(self, event: Event) -> None:
+        self.pipeline.registry.hook.importhooks_notify(event=event, context=self.context)
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._work, name=f"importhooks-{self.context.request_id}", daemon=True)
+        thread.start()
+
+    def _work(self) -> None:
+        FAILURE_RECORDER.set(self._record_plugin_failure)
+        try:
+            self._stages()
+        except BaseException as exc:  # guards recorded plugin failures; this records the rest
+            _record_failure("importhooks", exc)
+            if not self.sink.has_errors():  # fail closed whatever happened
+                self.framework_finding(codes.PLUGIN_FAILED, f"{type(exc).__name__} with no finding")
+        finally:
+            self.done.set()
+
+    def _call(self, stage: str) -> Any:
+        self.stage = self.context.stage = stage
+        self.control.start_stage(stage)
+        result = getattr(self.pipeline.registry.hook, f"importhooks_{stage}")(context=self.context)
+        self.control.check()
+        return result
+
+    def _stages(self) -> None:
+        self._emit(Event(EventType.STARTED, self.context.request_id, "pre_validate"))
+        self._call("pre_validate")
+        if self.sink.has_errors():
+            return
+        for _pass in range(self.pipeline.settings.max_sanitize_passes + 1):
+            self._call("inspect")
+            if self.sink.has_errors():
+                return
+            self._call("sanitize")
+            if self.sink.has_errors():
+                return
+            replacement = self.context._take_replacement()
+            if replacement is None:
+                break
+            self.context.layers.append(replacement)
+        else:
+            self.framework_finding(codes.TOO_MANY_PASSES, f"{self.pipeline.settings.max_sanitize_passes} passes")
+            return
+        for returned in self._call("set_protected_properties"):
+            self._merge_properties(returned)
+        if self.sink.has_errors():
+            return
+        self._call("finalize")
+        self.completed = not self.sink.has_errors()
+
+    def _merge_properties(self, returned: Any) -> None:
+        if not returned:
+            return
+        for key, value in dict(returned).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                self.framework_finding(codes.BAD_PROPERTY, f"{key!r}={value!r}")
+            elif self.context.properties.setdefault(key, value) != value:
+                self.framework_finding(codes.PROPERTY_CONFLICT, f"{key!r}: {self.context.properties[key]!r} vs {value!r}")
+
+    def wait(self, started: float) -> ImportResult:
+        control = self.control
+        while not self.done.wait(timeout=max(0.0, min(control.stage_deadline - time.monotonic(), 0.5))):
+            try:
+                control.check_halt()
+                if time.monotonic() > control.stage_deadline:
+                    raise StageTimeout(f"{self.stage} ran past its time budget")
+            except (StageTimeout, Halted) as exc:
+                control.cancelled = type(exc)
+                code = codes.TIMEOUT if isinstance(exc, StageTimeout) else codes.HALTED
+                self.framework_finding(code, f"stage {self.stage}")
+                break
+        if not self.completed and not self.sink.has_errors():
+            self.framework_finding(codes.INCOMPLETE, f"stopped in {self.stage}")
+        verdict = verdict_of(self.sink.snapshot())
+        verdict = self._finish(verdict)
+        findings = self.sink.snapshot()
+        return ImportResult.from_context(self.context, verdict, findings, time.monotonic() - started)
+
+    def _finish(self, verdict: Verdict) -> Verdict:
+        """Send ``finished``; a notifier failing here still turns the verdict to reject."""
+        codes_seen = tuple(f.code for f in self.sink.snapshot() if f.severity is not Severity.INFO)
+        token = FAILURE_RECORDER.set(self._record_plugin_failure)
+        try:
+            self._emit(Event(EventType.FINISHED, self.context.request_id, self.stage, verdict=verdict, codes=codes_seen))
+        except BaseException as exc:
+            _record_failure("importhooks", exc)
+            return Verdict.REJECT
+        finally:
+            FAILURE_RECORDER.reset(token)
+        return Verdict.REJECT if verdict is Verdict.REJECT else verdict_of(self.sink.snapshot())
+
+
+def _build_catalog(registry: PluginRegistry) -> dict[str, FindingCode]:
+    catalog = {code.code: code for code in codes.FRAMEWORK_CODES}
+    for declared in registry.hook.importhooks_finding_codes():
+        for code in declared or ():
+            if not isinstance(code, FindingCode):
+                raise ConfigError("plugins", f"importhooks_finding_codes returned {code!r}, not a FindingCode")
+            if code.code in catalog and catalog[code.code] != code:
+                raise ConfigError("plugins", f"finding code {code.code!r} is declared twice, differently")
+            catalog[code.code] = code
+    return catalog
+
+
+def _resolve_options(settings: Settings, registry: PluginRegistry) -> dict[str, dict[str, Any]]:
+    declared: dict[str, PluginOptions] = {}
+    for spec in registry.hook.importhooks_plugin_options():
+        if spec is not None:
+            declared[spec.section] = spec
+    unknown = sorted(set(settings.plugin) - set(declared))
+    if unknown:
+        raise ConfigError(f"plugin.{unknown[0]}", f"no loaded plugin declares this section "
+                                                  f"(declared: {', '.join(sorted(declared)) or 'none'})")
+    known = set(registry.infos)
+    for name in settings.plugins.order:
+        if name not in known:
+            raise ConfigError("plugins.order", f"no plugin named {name!r}")
+    for name in settings.plugins.disabled:
+        if name not in known:
+            raise ConfigError("plugins.disabled", f"no plugin named {name!r}")
+    return {section: spec.resolve(settings.plugin.get(section, {})) for section, spec in declared.items()}

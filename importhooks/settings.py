@@ -1,0 +1,254 @@
+"""The one typed settings object, loaded from TOML, every limit named and documented.
+
+Each field's metadata carries its documentation and its parser; the settings
+reference in the docs and the error messages both come from them. Unknown keys and
+bad values raise :class:`~importhooks.errors.ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import ConfigError
+from .units import parse_duration, parse_size
+
+STAGES = ("pre_validate", "inspect", "sanitize", "set_protected_properties", "finalize")
+
+DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "qed", "luks", "gpt")
+CONTAINER_FORMATS = ("bare", "ova", "ovf", "compressed")
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number of zero or more, got {value!r}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _str_tuple(value: object) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _optional_path(value: object) -> Path | None:
+    text = _str(value)
+    return Path(text) if text else None
+
+
+def _setting(default: Any, doc: str, parse: Callable[[object], Any]) -> Any:
+    return field(default=default, metadata={"doc": doc, "parse": parse})
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimeouts:
+    """Wall-time budget of each stage, in seconds (``[timeouts]``)."""
+
+    pre_validate: float = _setting(10.0, "Checks of the request and claims, before data is read.", parse_duration)
+    inspect: float = _setting(600.0, "Read-only analysis of the data, per pass.", parse_duration)
+    sanitize: float = _setting(1800.0, "Decompression, extraction or conversion, per pass.", parse_duration)
+    set_protected_properties: float = _setting(60.0, "Deriving the protected properties.", parse_duration)
+    finalize: float = _setting(600.0, "Last checks and checksums.", parse_duration)
+
+    def of(self, stage: str) -> float:
+        return float(getattr(self, stage))
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSettings:
+    """Which plugins run, and in what order (``[plugins]``)."""
+
+    disabled: tuple[str, ...] = _setting((), "Names of plugins (built-in or site) not to register.", _str_tuple)
+    enabled: tuple[str, ...] = _setting(
+        (), "Importable module names to register as plugins, besides built-ins and entry points.", _str_tuple
+    )
+    order: tuple[str, ...] = _setting(
+        (),
+        "Plugin names that run first, in this order, within each hook's tryfirst/normal/trylast group.",
+        _str_tuple,
+    )
+    entry_points: bool = _setting(True, "Load site plugins from the 'importhooks.plugins' entry-point group.", _bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of importhooks. Build with :func:`load_settings` or ``Settings()``."""
+
+    disk_formats: tuple[str, ...] = _setting(
+        ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"), "Disk formats accepted for import.", _str_tuple
+    )
+    container_formats: tuple[str, ...] = _setting(
+        ("bare", "ova", "compressed"), "Container formats accepted for import.", _str_tuple
+    )
+    max_image_size: int = _setting(
+        1 << 40, "Largest virtual size of a disk, in bytes (Glance's image_size_cap, 1 TiB).", parse_size
+    )
+    max_upload_bytes: int = _setting(1 << 40, "Largest staged upload, in bytes.", parse_size)
+    max_upload_time: float = _setting(3600.0, "Longest a staging upload may take, in seconds.", parse_duration)
+    os_types: tuple[str, ...] = _setting(("linux", "windows"), "Allowed values of the os_type claim.", _str_tuple)
+    require_os_type: bool = _setting(False, "Whether an import request must claim os_type.", _bool)
+    hashing_algorithm: str = _setting("sha512", "The multihash algorithm (os_hash_algo).", _str)
+    max_read_passes: int = _setting(
+        8, "Budget of bytes all plugins together may read from one data layer, in multiples of its size.", _int
+    )
+    max_sanitize_passes: int = _setting(
+        4, "How many times sanitize may replace the data (nested containers) before the run is rejected.", _int
+    )
+    run_timeout: float = _setting(7200.0, "Wall-time budget of a whole run, in seconds.", parse_duration)
+    work_dir: Path | None = _setting(
+        None, "Where runs make their temporary directory; empty means the system default.", _optional_path
+    )
+    halt: bool = _setting(False, "Kill switch: refuse and stop every import.", _bool)
+    halt_file: Path | None = _setting(
+        None, "Kill switch at run time: imports halt while this file exists.", _optional_path
+    )
+    timeouts: StageTimeouts = field(default_factory=StageTimeouts, metadata={"doc": StageTimeouts.__doc__})
+    plugins: PluginSettings = field(default_factory=PluginSettings, metadata={"doc": PluginSettings.__doc__})
+    plugin: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: MappingProxyType({}),
+        metadata={"doc": "One table per plugin, [plugin.NAME], for its own declared options."},
+    )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type] = {"timeouts": StageTimeouts, "plugins": PluginSettings}
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        dotted = f"{prefix}{key}"
+        spec = known.get(key)
+        if spec is None:
+            raise ConfigError(dotted, f"unknown setting (known: {', '.join(sorted(known))})")
+        if key in _SECTIONS and cls is Settings:
+            if not isinstance(raw, Mapping):
+                raise ConfigError(dotted, "expected a table")
+            values[key] = _build(_SECTIONS[key], raw, f"{dotted}.")
+        elif key == "plugin" and cls is Settings:
+            values[key] = _plugin_tables(raw)
+        else:
+            try:
+                values[key] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigError(dotted, str(exc)) from None
+    return cls(**values)
+
+
+def _plugin_tables(raw: object) -> Mapping[str, Mapping[str, Any]]:
+    if not isinstance(raw, Mapping) or not all(isinstance(v, Mapping) for v in raw.values()):
+        raise ConfigError("plugin", "expected one table per plugin, e.g. [plugin.NAME]")
+    return MappingProxyType({name: MappingProxyType(dict(table)) for name, table in raw.items()})
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    """Validate a parsed mapping (e.g. from TOML) into :class:`Settings`."""
+    settings: Settings = _build(Settings, data, "")
+    for name in ("disk_formats", "container_formats"):
+        allowed = DISK_FORMATS if name == "disk_formats" else CONTAINER_FORMATS
+        for value in getattr(settings, name):
+            if value not in allowed:
+                raise ConfigError(name, f"unknown format {value!r} (known: {', '.join(allowed)})")
+    return settings
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load settings from a TOML file; ``None`` gives the defaults."""
+    if path is None:
+        return Settings()
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("config", f"no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"not valid TOML: {exc}") from None
+    return settings_from_mapping(data)
+
+
+def iter_setting_docs() -> list[tuple[str, object, str]]:
+    """Return ``(dotted key, default, doc)`` for every setting, for the docs and ``--help``."""
+    rows: list[tuple[str, object, str]] = []
+    for spec in dataclasses.fields(Settings):
+        if spec.name in _SECTIONS:
+            for sub in dataclasses.fields(_SECTIONS[spec.name]):
+                rows.append((f"{spec.name}.{sub.name}", sub.default, sub.metadata["doc"]))
+        elif spec.name == "plugin":
+            rows.append(("plugin.NAME.*", "(none)", spec.metadata["doc"]))
+        else:
+            rows.append((spec.name, spec.default, spec.metadata["doc"]))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class PluginOption:
+    """One option a plugin accepts in its ``[plugin.NAME]`` table.
+
+    The value's type must match ``default``'s type (ints also accept sizes such as
+    ``"4GiB"`` when ``size`` is true).
+    """
+
+    name: str
+    default: Any
+    doc: str
+    size: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PluginOptions:
+    """What ``importhooks_plugin_options`` returns: the plugin's section and its options."""
+
+    section: str
+    options: tuple[PluginOption, ...]
+
+    def resolve(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``table`` (the user's ``[plugin.SECTION]``) and fill in the defaults."""
+        known = {o.name: o for o in self.options}
+        values = {o.name: o.default for o in self.options}
+        for key, raw in table.items():
+            dotted = f"plugin.{self.section}.{key}"
+            option = known.get(key)
+            if option is None:
+                raise ConfigError(dotted, f"unknown option (known: {', '.join(sorted(known)) or 'none'})")
+            values[key] = _coerce_option(option, raw, dotted)
+        return values
+
+
+def _coerce_option(option: PluginOption, raw: object, dotted: str) -> Any:
+    default = option.default
+    try:
+        if option.size:
+            return parse_size(raw)
+        if isinstance(default, bool):
+            return _bool(raw)
+        if isinstance(default, int):
+            return _int(raw)
+        if isinstance(default, float):
+            return parse_duration(raw)
+        if isinstance(default, (tuple, list)):
+            return _str_tuple(raw)
+        if isinstance(default, str):
+            return _str(raw)
+    except ValueError as exc:
+        raise ConfigError(dotted, str(exc)) from None
+    return raw
