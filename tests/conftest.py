@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from importhooks import Settings
+from importhooks.settings import PluginSettings
+
+from . import images
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """The pipeline's temporary-directory root; tests assert it is empty after a run."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(workdir: Path) -> Settings:
+    """Default settings, site entry points off (the tests' environment decides nothing)."""
+    return Settings(work_dir=workdir, plugins=PluginSettings(entry_points=False))
+
+
+@pytest.fixture
+def raw_file(tmp_path: Path) -> Path:
+    return images.raw_image(tmp_path / "disk.raw")
+
+
+@pytest.fixture
+def backing_qcow2(tmp_path: Path) -> Path:
+    return images.qcow2_with_backing_file(tmp_path / "evil.qcow2")
