@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -148,6 +148,3 @@ class ImportContext:
     def _take_replacement(self) -> ImageData | None:
         replacement, self._replacement = self._replacement, None
         return replacement
-
-    def _new_layer_check(self) -> Callable[[], None]:
-        return self._control.check

@@ -32,7 +32,7 @@ class KillSwitch:
         self._halted.set()
 
     def resume(self) -> None:
-        """Undo :meth:`halt` (the setting is constant; the halt file is the operator's to remove)."""
+        """Undo :meth:`halt` and a ``halt = true`` setting until restart; the halt file stays the operator's."""
         self._halted.clear()
 
     def is_halted(self) -> bool:

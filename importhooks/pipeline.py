@@ -29,7 +29,7 @@ from .killswitch import KillSwitch
 from .plugins import FAILURE_RECORDER, PluginRegistry, _record_failure, build_registry
 from .request import ImportRequest
 from .result import ImportResult
-from .settings import STAGES, PluginOptions, Settings
+from .settings import PluginOptions, Settings
 
 log = logging.getLogger("importhooks.pipeline")
 
@@ -157,7 +157,7 @@ class _Run:
         FAILURE_RECORDER.set(self._record_plugin_failure)
         try:
             self._stages()
-        except BaseException as exc:  # guards recorded plugin failures; this records the rest
+        except BaseException as exc:  # noqa: BLE001 - fail closed: guards recorded plugin failures, this the rest
             _record_failure("importhooks", exc)
             if not self.sink.has_errors():  # fail closed whatever happened
                 self.framework_finding(codes.PLUGIN_FAILED, f"{type(exc).__name__} with no finding")
@@ -204,7 +204,8 @@ class _Run:
             if not isinstance(key, str) or not isinstance(value, str):
                 self.framework_finding(codes.BAD_PROPERTY, f"{key!r}={value!r}")
             elif self.context.properties.setdefault(key, value) != value:
-                self.framework_finding(codes.PROPERTY_CONFLICT, f"{key!r}: {self.context.properties[key]!r} vs {value!r}")
+                earlier = self.context.properties[key]
+                self.framework_finding(codes.PROPERTY_CONFLICT, f"{key!r}: {earlier!r} vs {value!r}")
 
     def wait(self, started: float) -> ImportResult:
         control = self.control
@@ -230,8 +231,9 @@ class _Run:
         codes_seen = tuple(f.code for f in self.sink.snapshot() if f.severity is not Severity.INFO)
         token = FAILURE_RECORDER.set(self._record_plugin_failure)
         try:
-            self._emit(Event(EventType.FINISHED, self.context.request_id, self.stage, verdict=verdict, codes=codes_seen))
-        except BaseException as exc:
+            self._emit(Event(EventType.FINISHED, self.context.request_id, self.stage, verdict=verdict,
+                             codes=codes_seen))
+        except BaseException as exc:  # noqa: BLE001 - a failing notifier rejects, it never crashes the caller
             _record_failure("importhooks", exc)
             return Verdict.REJECT
         finally:

@@ -91,36 +91,38 @@ def _guard_wrapper(function: Callable[..., Any], plugin_name: str) -> Callable[.
 
     @functools.wraps(function)
     def guarded(*args: Any) -> Generator[Any, Any, Any]:
-        def step(action: Callable[[], Any], thrown: BaseException | None = None) -> Any:
-            token = CURRENT_PLUGIN.set(plugin_name)
-            try:
-                return action()
-            except StopIteration:
-                raise
-            except BaseException as exc:
-                if exc is not thrown:
-                    _record_failure(plugin_name, exc)
-                raise
-            finally:
-                CURRENT_PLUGIN.reset(token)
-
         generator = function(*args)
-        value = step(lambda: next(generator))
+        value = _step(plugin_name, generator.send, None, None)
         while True:
             try:
                 sent = yield value
-            except BaseException as thrown:
+            except BaseException as thrown:  # noqa: BLE001 - handed on to the wrapped generator
                 try:
-                    value = step(lambda: generator.throw(thrown), thrown)
+                    value = _step(plugin_name, generator.throw, thrown, thrown)
                 except StopIteration as stop:
                     return stop.value
             else:
                 try:
-                    value = step(lambda: generator.send(sent))
+                    value = _step(plugin_name, generator.send, sent, None)
                 except StopIteration as stop:
                     return stop.value
 
     return guarded
+
+
+def _step(plugin_name: str, action: Callable[[Any], Any], argument: Any, thrown: BaseException | None) -> Any:
+    """Advance a guarded wrapper one step, naming its plugin, recording its own failures."""
+    token = CURRENT_PLUGIN.set(plugin_name)
+    try:
+        return action(argument)
+    except StopIteration:
+        raise
+    except BaseException as exc:
+        if exc is not thrown:  # re-raising what was thrown in is not the wrapper's failure
+            _record_failure(plugin_name, exc)
+        raise
+    finally:
+        CURRENT_PLUGIN.reset(token)
 
 
 def _guarded_proxy(plugin: object, name: str, project: str) -> types.ModuleType:
@@ -210,7 +212,7 @@ def _asdict(info: PluginInfo) -> dict[str, Any]:
 def _import(module_name: str, what: str) -> types.ModuleType:
     try:
         return importlib.import_module(module_name)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any import failure is a load error
         raise PluginLoadError(f"cannot import {what} {module_name!r}: {exc}") from None
 
 
@@ -223,7 +225,7 @@ def _candidates(settings: Settings, extra: Iterable[tuple[str, object]]) -> list
         for ep in eps:
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any import failure is a load error
                 raise PluginLoadError(f"cannot load entry point {ep.name!r} ({ep.value}): {exc}") from None
             dist = ep.dist
             found.append((plugin, ep.name, {"source": "entry point", "distribution": dist.name if dist else None,
