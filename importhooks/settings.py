@@ -8,6 +8,7 @@ bad values raise :class:`~importhooks.errors.ConfigError` naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,13 @@ def _str_tuple(value: object) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _hash_algorithm(value: object) -> str:
+    text = _str(value)
+    if text not in hashlib.algorithms_available or text.startswith("shake"):
+        raise ValueError(f"unknown hash algorithm {text!r} (e.g. sha512, sha256, sha3_512)")
+    return text
 
 
 def _optional_path(value: object) -> Path | None:
@@ -104,7 +112,7 @@ class Settings:
     max_upload_time: float = _setting(3600.0, "Longest a staging upload may take, in seconds.", parse_duration)
     os_types: tuple[str, ...] = _setting(("linux", "windows"), "Allowed values of the os_type claim.", _str_tuple)
     require_os_type: bool = _setting(False, "Whether an import request must claim os_type.", _bool)
-    hashing_algorithm: str = _setting("sha512", "The multihash algorithm (os_hash_algo).", _str)
+    hashing_algorithm: str = _setting("sha512", "The multihash algorithm (os_hash_algo).", _hash_algorithm)
     max_read_passes: int = _setting(
         8, "Budget of bytes all plugins together may read from one data layer, in multiples of its size.", _int
     )

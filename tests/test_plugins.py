@@ -1,0 +1,136 @@
+"""Plugin loading: one registration call, collisions, validation, no side effects at import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from importhooks import FindingCode, ImportContext, PluginLoadError, PluginOption, PluginOptions, Settings, hookimpl
+from importhooks.errors import ConfigError
+from importhooks.pipeline import Pipeline
+from importhooks.plugins import DEFAULT_PLUGINS, build_registry
+from importhooks.settings import PluginSettings, settings_from_mapping
+
+
+def test_builtins_register_through_the_same_call_as_site_plugins(settings):
+    registry = build_registry(settings)
+    names = {name for name, info in registry.infos.items() if info.source == "builtin"}
+    assert names == {module.rsplit(".", 1)[1] for module in DEFAULT_PLUGINS}
+    assert registry.infos["claims"].module == "importhooks_plugins.claims"
+    assert registry.plugin_object("claims") is sys.modules["importhooks_plugins.claims"]
+
+
+def test_site_plugin_named_like_a_builtin_is_an_error(settings):
+    with pytest.raises(PluginLoadError, match="'claims'.*collides"):
+        build_registry(settings, [("claims", types.SimpleNamespace())])
+
+
+def test_two_site_plugins_with_one_name_is_an_error(settings):
+    with pytest.raises(PluginLoadError, match="collides"):
+        build_registry(settings, [("x", types.SimpleNamespace()), ("x", types.SimpleNamespace())])
+
+
+def test_unknown_hook_is_refused(settings):
+    class Typo:
+        @hookimpl
+        def importhooks_inspekt(self, context: ImportContext) -> None:
+            pass
+
+    with pytest.raises(PluginLoadError, match="importhooks_inspekt"):
+        build_registry(settings, [("typo", Typo())])
+
+
+def test_hookimpl_with_wrong_argument_is_refused(settings):
+    class Wrong:
+        @hookimpl
+        def importhooks_inspect(self, ctx: ImportContext) -> None:
+            pass
+
+    with pytest.raises(PluginLoadError, match="wrong"):
+        build_registry(settings, [("wrong", Wrong())])
+
+
+def test_configured_module_that_does_not_import(settings):
+    bad = settings.replace(plugins=PluginSettings(entry_points=False, enabled=("no_such_module_xyz",)))
+    with pytest.raises(PluginLoadError, match="no_such_module_xyz"):
+        build_registry(bad)
+
+
+def test_configured_module_is_registered(settings):
+    registry = build_registry(settings.replace(plugins=PluginSettings(entry_points=False,
+                                                                      enabled=("tests.plugin_kit",))))
+    assert registry.infos["tests.plugin_kit"].source == "config"
+
+
+def test_order_and_disabled_must_name_loaded_plugins(settings):
+    for key, value in (("order", ("nope",)), ("disabled", ("nope",))):
+        bad = settings.replace(plugins=PluginSettings(entry_points=False, **{key: value}))
+        with pytest.raises(ConfigError) as info:
+            Pipeline.from_settings(bad)
+        assert info.value.key == f"plugins.{key}"
+
+
+def test_hook_order_lists_call_order(settings):
+    order = build_registry(settings).hook_order()
+    assert order["importhooks_inspect"] == ["disk_format [tryfirst]"]
+    assert order["importhooks_pre_validate"] == ["claims", "size_limits"]
+
+
+def test_duplicate_finding_code_declared_differently_is_an_error(settings):
+    class A:
+        @hookimpl
+        def importhooks_finding_codes(self) -> list[FindingCode]:
+            return [FindingCode("dup.code", "one", "")]
+
+    class B:
+        @hookimpl
+        def importhooks_finding_codes(self) -> list[FindingCode]:
+            return [FindingCode("dup.code", "two", "")]
+
+    with pytest.raises(ConfigError, match="dup.code"):
+        Pipeline.from_settings(settings, extra_plugins=[("a", A()), ("b", B())])
+
+
+class Options:
+    @hookimpl
+    def importhooks_plugin_options(self) -> PluginOptions:
+        return PluginOptions("opt", (PluginOption("limit", 10, "A number."),
+                                     PluginOption("cap", 1 << 30, "A size.", size=True),
+                                     PluginOption("names", ("a",), "Names.")))
+
+
+def test_plugin_options_are_validated_and_resolved(settings):
+    good = settings_from_mapping({"plugin": {"opt": {"limit": 3, "cap": "2GiB"}}})
+    pipeline = Pipeline.from_settings(good.replace(plugins=PluginSettings(entry_points=False)),
+                                      extra_plugins=[("opt", Options())])
+    assert pipeline.options["opt"] == {"limit": 3, "cap": 2 << 30, "names": ("a",)}
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"opt": {"limti": 3}}, "plugin.opt.limti"),
+    ({"opt": {"limit": "three"}}, "plugin.opt.limit"),
+    ({"opt": {"cap": "lots"}}, "plugin.opt.cap"),
+    ({"opt": {"names": "a"}}, "plugin.opt.names"),
+    ({"other": {"x": 1}}, "plugin.other"),
+])
+def test_bad_plugin_options_name_the_key(table, key):
+    settings = settings_from_mapping({"plugin": table, "plugins": {"entry_points": False}})
+    with pytest.raises(ConfigError) as info:
+        Pipeline.from_settings(settings, extra_plugins=[("opt", Options())])
+    assert info.value.key == key
+
+
+def test_importing_creates_no_plugin_manager():
+    code = (
+        "import gc, pluggy, importhooks, importhooks.cli, importhooks_plugins.claims\n"
+        "print(sum(isinstance(o, pluggy.PluginManager) for o in gc.get_objects()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "0"
+
+
+def test_settings_default_is_usable():
+    assert Settings().max_image_size == 1 << 40
