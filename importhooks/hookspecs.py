@@ -192,10 +192,13 @@ def importhooks_notify(event: Event, context: ImportContext) -> None:
     :param event: the :class:`~importhooks.events.Event`, with its ``type``
         (``image.import.started`` ...), the stage, a progress percentage or the
         verdict and finding codes.
-    :param context: the run's context (read it, do not change it).
+    :param context: the run's context (read it, do not change it), or ``None``
+        for an ``accepted`` event a server sends with ``Pipeline.notify`` before
+        the run exists.
 
     Called by the pipeline as the run goes on; progress at most every
-    second per stage. A notifier that raises rejects the run like any plugin.
+    second per stage. During a run, a notifier that raises rejects the run like
+    any plugin.
 
     Example::
 

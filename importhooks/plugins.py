@@ -34,6 +34,7 @@ from .settings import Settings
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.claims",
     "importhooks_plugins.size_limits",
+    "importhooks_plugins.content_type",
     "importhooks_plugins.disk_format",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",

@@ -112,12 +112,13 @@ def test_raising_plugin_rejects_with_plugin_failed_and_no_traceback(settings, ra
 
 
 def test_site_wrapper_cannot_swallow_a_builtins_failure(settings, tmp_path):
-    # A directory as the data: the built-in disk_format plugin fails to read it.
+    # A directory as the data: the first built-in inspector fails to read it.
     swallower = Swallower()
     result = run(settings, tmp_path, ("swallow", swallower))
     assert swallower.swallowed, "the wrapper did see (and swallow) the failure"
     assert result.verdict is Verdict.REJECT
-    assert [(f.code, f.plugin) for f in result.findings] == [("pipeline.plugin_failed", "disk_format")]
+    assert [(f.code, f.plugin) for f in result.findings] == [("pipeline.plugin_failed", "content_type")]
+    assert isinstance(swallower.swallowed[0], IsADirectoryError)
 
 
 def test_site_wrapper_cannot_drop_a_builtins_finding(settings, backing_qcow2):

@@ -24,7 +24,7 @@ def test_builtins_register_through_the_same_call_as_site_plugins(settings):
 
 
 def test_site_plugin_named_like_a_builtin_is_an_error(settings):
-    with pytest.raises(PluginLoadError, match="'claims'.*collides"):
+    with pytest.raises(PluginLoadError, match=r"'claims'.*collides"):
         build_registry(settings, [("claims", types.SimpleNamespace())])
 
 
@@ -75,7 +75,7 @@ def test_order_and_disabled_must_name_loaded_plugins(settings):
 
 def test_hook_order_lists_call_order(settings):
     order = build_registry(settings).hook_order()
-    assert order["importhooks_inspect"] == ["disk_format [tryfirst]"]
+    assert order["importhooks_inspect"] == ["content_type [tryfirst]", "disk_format [tryfirst]"]
     assert order["importhooks_pre_validate"] == ["claims", "size_limits"]
 
 
@@ -90,7 +90,7 @@ def test_duplicate_finding_code_declared_differently_is_an_error(settings):
         def importhooks_finding_codes(self) -> list[FindingCode]:
             return [FindingCode("dup.code", "two", "")]
 
-    with pytest.raises(ConfigError, match="dup.code"):
+    with pytest.raises(ConfigError, match=r"dup\.code"):
         Pipeline.from_settings(settings, extra_plugins=[("a", A()), ("b", B())])
 
 

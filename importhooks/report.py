@@ -1,0 +1,116 @@
+"""Rendering audit results for people (``text``) and for programs (``json``).
+
+Everything shown in text form passes through :func:`escape`: finding details, facts
+and even the paths come from untrusted data or users, and must not be able to move
+the cursor, recolour the terminal or forge lines of output.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .findings import Verdict
+from .result import ImportResult
+from .units import format_size
+
+#: Unicode categories escaped in text output: controls (C0, C1, DEL), format
+#: characters (bidirectional overrides, zero-width), line and paragraph
+#: separators, lone surrogates (undecodable bytes of a path), unassigned.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape_char(char: str) -> str:
+    named = _NAMED_ESCAPES.get(char)
+    if named is not None:
+        return named
+    if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape(text: object) -> str:
+    """Return ``str(text)`` with every control or invisible character escaped, repr-style.
+
+    ``"\\x1b[2J"`` becomes ``"\\\\x1b[2J"``, a newline ``"\\\\n"`` and a backslash is
+    doubled, so the result is one line of visible characters that cannot drive a
+    terminal, and two different inputs never print the same.
+    """
+    return "".join(_escape_char(char) for char in str(text))
+
+
+def result_record(path: str, result: ImportResult) -> dict[str, Any]:
+    """The JSON-ready record of one audited path: ``path`` and ``request_id`` then ``ImportResult.to_dict()``."""
+    return {"path": path, "request_id": result.request_id, **result.to_dict()}
+
+
+def render_json(path: str, result: ImportResult) -> str:
+    """One audited path as one line of JSON (control characters are escaped by JSON itself)."""
+    return json.dumps(result_record(path, result), default=str, separators=(", ", ": "))
+
+
+def _format_value(key: str, value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and key.endswith("size"):
+        return f"{value} ({format_size(value)})" if value >= 1024 else str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(escape(item) for item in value) + "]"
+    return escape(value)
+
+
+def _facts_line(facts: Mapping[str, Any]) -> str:
+    if not facts:
+        return "none"
+    return ", ".join(f"{escape(key)}={_format_value(str(key), value)}" for key, value in facts.items())
+
+
+def _finding_lines(result: ImportResult) -> list[str]:
+    if not result.findings:
+        return ["  findings: none"]
+    lines = [f"  findings ({len(result.findings)}):"]
+    for finding in result.findings:
+        lines.append(f"    {finding.severity.value} {escape(finding.code)} "
+                     f"[stage {escape(finding.stage)}, plugin {escape(finding.plugin)}]")
+        lines.append(f"      {escape(finding.message)}")
+        if finding.detail:
+            lines.append(f"      detail: {escape(finding.detail)}")
+    return lines
+
+
+def render_text(path: str, result: ImportResult) -> str:
+    """A block of lines for people: verdict, findings, facts, properties and checksums of one path."""
+    lines = [f"{escape(path)}: {result.verdict.value.upper()}"]
+    lines.extend(_finding_lines(result))
+    lines.append(f"  detected: {_facts_line(result.detected)}")
+    if len(result.layers) > 1:
+        lines.append("  layers:")
+        for number, layer in enumerate(result.layers, 1):
+            lines.append(f"    {number}. {escape(layer.kind)}, {_format_value('size', layer.size)} bytes: "
+                         f"{_facts_line(layer.facts)}")
+    if result.properties:
+        lines.append(f"  properties: {_facts_line(result.properties)}")
+    if result.checksums is None:
+        lines.append("  checksums: none (not computed for a rejected image)")
+    else:
+        sums = result.checksums
+        lines.append(f"  checksums: checksum (md5)={escape(sums.md5)}")
+        lines.append(f"             os_hash_algo={escape(sums.hash_algo)}")
+        lines.append(f"             os_hash_value={escape(sums.hash_value)}")
+    lines.append(f"  elapsed: {result.elapsed_s:.3f} s")
+    return "\n".join(lines)
+
+
+def render_summary(verdicts: Iterable[Verdict], errors: int = 0) -> str:
+    """The last line of text output: how many paths were accepted, rejected, or failed."""
+    listed = list(verdicts)
+    accepted = sum(1 for v in listed if v is Verdict.ACCEPT)
+    total = len(listed) + errors
+    summary = f"{total} path{'s' if total != 1 else ''}: {accepted} accepted, {len(listed) - accepted} rejected"
+    return summary + (f", {errors} not audited" if errors else "")
