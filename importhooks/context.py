@@ -95,14 +95,17 @@ class ImportContext:
     ) -> Finding:
         """Record a finding attributed to the calling plugin and the current stage.
 
-        ``message`` defaults to the code's summary; it must be safe to show the user.
-        ``detail`` is for operators. An error finding makes the verdict ``reject``.
+        ``code`` must be declared by an ``importhooks_finding_codes`` implementation
+        (an undeclared code is a plugin bug: the plugin fails and the run is
+        rejected). ``message`` defaults to the code's summary; it must be safe to
+        show the user. ``detail`` is for operators. ``severity`` defaults to the
+        code's. An error finding makes the verdict ``reject``.
         """
-        known = self._catalog.get(code if isinstance(code, str) else code.code)
-        if isinstance(code, str):
-            if known is None and message is None:
-                raise ValueError(f"finding code {code!r} is not declared; pass a message")
-            code = known or FindingCode(code, message or "", "")
+        name = code if isinstance(code, str) else code.code
+        declared = self._catalog.get(name)
+        if declared is None:
+            raise ValueError(f"finding code {name!r} is not declared by any importhooks_finding_codes")
+        code = declared
         finding = Finding(
             code=code.code,
             severity=severity or code.severity,

@@ -16,13 +16,25 @@ from importhooks import (
     ImportRequest,
     KillSwitch,
     Pipeline,
+    FindingCode,
     Settings,
+    Severity,
     Verdict,
     hookimpl,
 )
 from importhooks.settings import PluginSettings, StageTimeouts
 
 from .plugin_kit import STAGES, EventLog, InspectOrder, Raiser, Recorder, Sleeper, Swallower
+
+
+WARNED = FindingCode("kit.warned", "Just a warning.", "Test.", Severity.WARNING)
+GATE = FindingCode("kit.gate", "Closed.", "Test.")
+
+
+class Declares:
+    @hookimpl
+    def importhooks_finding_codes(self) -> list[FindingCode]:
+        return [WARNED, GATE]
 
 
 def run(settings: Settings, path: Path, *plugins: tuple[str, object], claims: Claims | None = None,
@@ -134,13 +146,26 @@ def test_site_wrapper_cannot_drop_a_builtins_finding(settings, backing_qcow2):
 
 
 def test_findings_are_attributed_to_the_reporting_plugin(settings, raw_file):
-    class Liar:
+    class Warner(Declares):
         @hookimpl
         def importhooks_pre_validate(self, context: ImportContext) -> None:
-            context.report("kit.warned", "Just a warning.", severity=None, detail="x")
+            context.report(WARNED, detail="x")
 
-    result = run(settings, raw_file, ("liar", Liar()))
-    assert [(f.code, f.plugin, f.stage) for f in result.findings] == [("kit.warned", "liar", "pre_validate")]
+    result = run(settings, raw_file, ("warner", Warner()))
+    assert result.verdict is Verdict.ACCEPT
+    assert [(f.code, f.plugin, f.stage, f.severity) for f in result.findings] == [
+        ("kit.warned", "warner", "pre_validate", Severity.WARNING)]
+
+
+def test_undeclared_code_is_a_plugin_failure(settings, raw_file):
+    class Sloppy:
+        @hookimpl
+        def importhooks_inspect(self, context: ImportContext) -> None:
+            context.report("kit.undeclared", "Oops.")
+
+    result = run(settings, raw_file, ("sloppy", Sloppy()))
+    assert [(f.code, f.plugin) for f in result.findings] == [("pipeline.plugin_failed", "sloppy")]
+    assert "kit.undeclared" in (result.findings[0].detail or "")
 
 
 def test_stage_timeout_rejects_promptly_and_cleans_up(settings, raw_file, workdir):
@@ -294,10 +319,10 @@ class _FailOnFinished:
 def test_reject_stops_the_stage_at_once(settings, raw_file):
     log: list[tuple[str, str]] = []
 
-    class Gate:
+    class Gate(Declares):
         @hookimpl(tryfirst=True)
         def importhooks_pre_validate(self, context: ImportContext) -> None:
-            context.reject("kit.gate", "Not today.")
+            context.reject(GATE, "Not today.")
 
     result = run(settings, raw_file, ("gate", Gate()), ("rec", Recorder("rec", log)))
     assert codes(result) == ["kit.gate"] and log == []
@@ -309,3 +334,23 @@ def test_a_failure_in_any_stage_rejects(settings, raw_file, workdir, stage):
     assert result.verdict is Verdict.REJECT
     assert [f.stage for f in result.findings if f.code == "pipeline.plugin_failed"] == [stage]
     assert list(workdir.iterdir()) == []
+
+
+def test_progress_events_during_long_reads(settings, tmp_path):
+    path = tmp_path / "disk.raw"
+    path.write_bytes(b"\0" * 24 * 4096)
+
+    class Slow:
+        @hookimpl
+        def importhooks_inspect(self, context: ImportContext) -> None:
+            for _chunk in context.data.stream(chunk_size=4096):
+                time.sleep(0.05)
+
+    events = EventLog()
+    result = run(settings, path, ("slow", Slow()), ("events", events))
+    assert result.verdict is Verdict.ACCEPT
+    progress = [e for e in events.events if e.type is EventType.PROGRESS]
+    assert len(progress) >= 2
+    assert all(e.stage == "inspect" and e.percent is not None and 0 < e.percent <= 100 for e in progress)
+    slow_pass = [e.percent for e in progress if e.percent is not None and e.percent < 100]
+    assert slow_pass and slow_pass == sorted(slow_pass)
