@@ -258,7 +258,8 @@ def _resolve_options(settings: Settings, registry: PluginRegistry) -> dict[str, 
     for spec in registry.hook.importhooks_plugin_options():
         if spec is not None:
             declared[spec.section] = spec
-    unknown = sorted(set(settings.plugin) - set(declared))
+    # A disabled plugin's table stays valid config: disabling is one edit.
+    unknown = sorted(set(settings.plugin) - set(declared) - set(settings.plugins.disabled))
     if unknown:
         raise ConfigError(f"plugin.{unknown[0]}", f"no loaded plugin declares this section "
                                                   f"(declared: {', '.join(sorted(declared)) or 'none'})")

@@ -213,13 +213,16 @@ class PluginOption:
     """One option a plugin accepts in its ``[plugin.NAME]`` table.
 
     The value's type must match ``default``'s type (ints also accept sizes such as
-    ``"4GiB"`` when ``size`` is true).
+    ``"4GiB"`` when ``size`` is true). ``parse``, if given, replaces that check: it
+    takes the raw TOML value and returns the value to use, raising
+    :class:`ValueError` with a message for a person if it is bad.
     """
 
     name: str
     default: Any
     doc: str
     size: bool = False
+    parse: Callable[[object], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +248,8 @@ class PluginOptions:
 def _coerce_option(option: PluginOption, raw: object, dotted: str) -> Any:
     default = option.default
     try:
+        if option.parse is not None:
+            return option.parse(raw)
         if option.size:
             return parse_size(raw)
         if isinstance(default, bool):

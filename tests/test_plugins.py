@@ -134,3 +134,23 @@ def test_importing_creates_no_plugin_manager():
 
 def test_settings_default_is_usable():
     assert Settings().max_image_size == 1 << 40
+
+
+def test_option_with_its_own_parser():
+    def parse_even(value: object) -> int:
+        if not isinstance(value, int) or value % 2:
+            raise ValueError(f"expected an even number, got {value!r}")
+        return value
+
+    spec = PluginOptions("even", (PluginOption("n", 2, "An even number.", parse=parse_even),))
+    assert spec.resolve({"n": 4}) == {"n": 4}
+    with pytest.raises(ConfigError) as info:
+        spec.resolve({"n": 3})
+    assert info.value.key == "plugin.even.n" and "even number" in info.value.problem
+
+
+def test_disabling_a_plugin_keeps_its_table_valid():
+    settings = settings_from_mapping({"plugin": {"opt": {"limit": 3}},
+                                      "plugins": {"entry_points": False, "disabled": ["opt"]}})
+    pipeline = Pipeline.from_settings(settings, extra_plugins=[("opt", Options())])
+    assert "opt" not in pipeline.options and pipeline.registry.infos["opt"].enabled is False
