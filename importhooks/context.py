@@ -61,14 +61,17 @@ class ImportContext:
 
     @property
     def request_id(self) -> str:
+        """The request's id, as in events and logs."""
         return self.request.request_id
 
     @property
     def claims(self) -> Claims:
+        """What the user says the data is; untrusted."""
         return self.request.claims
 
     @property
     def requester(self) -> Requester:
+        """Who asked for the import."""
         return self.request.requester
 
     @property

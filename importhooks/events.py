@@ -11,7 +11,7 @@ from .findings import Verdict
 
 
 class EventType(enum.Enum):
-    """The seed's four notifications, named like Glance's ``image.*`` events."""
+    """The four import notifications, named like Glance's ``image.*`` events."""
 
     ACCEPTED = "image.import.accepted"
     STARTED = "image.import.started"

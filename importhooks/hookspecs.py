@@ -140,7 +140,7 @@ def importhooks_sanitize(context: ImportContext) -> None:
 
         @hookimpl
         def importhooks_sanitize(context):
-            if context.facts.get("container") == "gzip":
+            if context.facts.get("container_format") == "gzip":
                 out = context.temp_path(".raw")
                 with context.data.open() as src, gzip.open(src) as gz, open(out, "wb") as dst:
                     shutil.copyfileobj(gz, dst)

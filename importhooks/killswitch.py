@@ -26,9 +26,11 @@ class KillSwitch:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KillSwitch:
+        """A switch set by the ``halt`` setting and watching ``halt_file``."""
         return cls(halted=settings.halt, halt_file=settings.halt_file)
 
     def halt(self) -> None:
+        """Halt imports now (e.g. from an admin API), until :meth:`resume`."""
         self._halted.set()
 
     def resume(self) -> None:
@@ -36,6 +38,7 @@ class KillSwitch:
         self._halted.clear()
 
     def is_halted(self) -> bool:
+        """Whether imports are halted right now."""
         if self._halted.is_set():
             return True
         return self.halt_file is not None and os.path.lexists(self.halt_file)

@@ -79,13 +79,22 @@ class RunControl:
 
 
 class Pipeline:
-    """Runs import requests through the plugins of a :class:`PluginRegistry`."""
+    """Runs import requests through the plugins of a :class:`PluginRegistry`.
+
+    Build it once (plugins are loaded and their options checked here, so a bad
+    configuration fails at start-up) and call :meth:`run` from any thread.
+    """
 
     def __init__(self, settings: Settings, registry: PluginRegistry, killswitch: KillSwitch | None = None) -> None:
+        #: The settings every run uses.
         self.settings = settings
+        #: The loaded plugins and where they came from.
         self.registry = registry
+        #: Halts runs; a server checks it before accepting stage and import calls too.
         self.killswitch = killswitch or KillSwitch.from_settings(settings)
+        #: Every declared finding code, by code.
         self.catalog = _build_catalog(registry)
+        #: Resolved ``[plugin.SECTION]`` options, by section.
         self.options = _resolve_options(settings, registry)
 
     @classmethod
@@ -99,14 +108,24 @@ class Pipeline:
         """Send an event to every ``importhooks_notify`` implementation (e.g. ``accepted`` from a server)."""
         self.registry.hook.importhooks_notify(event=event, context=context)
 
-    def run(self, request: ImportRequest) -> ImportResult:
-        """Run every stage over ``request`` and return the result. Never raises for bad data."""
+    def run(self, request: ImportRequest, *, store: Callable[[Path], None] | None = None) -> ImportResult:
+        """Run every stage over ``request`` and return the result. Never raises for bad data.
+
+        ``store``, if given, is called once with the path of the data that would be
+        stored, only when the verdict is ``accept``, before the run's temporary
+        directory is removed: the staged file itself, or the file the last
+        ``sanitize`` pass produced. It may move (``os.replace``) or copy that file
+        into the image store; what it raises reaches the caller.
+        """
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="importhooks-", dir=self.settings.work_dir))
         run = _Run(self, request, workdir)
         try:
             run.start()
-            return run.wait(started)
+            result = run.wait(started)
+            if store is not None and result.verdict is Verdict.ACCEPT:
+                store(run.context.data.path)
+            return result
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

@@ -48,10 +48,12 @@ class ImportResult:
 
     @property
     def accepted(self) -> bool:
+        """Whether the verdict is ``accept``."""
         return self.verdict is Verdict.ACCEPT
 
     @property
     def detected(self) -> Mapping[str, Any]:
+        """The facts of the data that would be stored (the last layer)."""
         return self.layers[-1].facts if self.layers else {}
 
     @property

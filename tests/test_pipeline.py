@@ -354,3 +354,29 @@ def test_progress_events_during_long_reads(settings, tmp_path):
     assert all(e.stage == "inspect" and e.percent is not None and 0 < e.percent <= 100 for e in progress)
     slow_pass = [e.percent for e in progress if e.percent is not None and e.percent < 100]
     assert slow_pass and slow_pass == sorted(slow_pass)
+
+
+def test_store_receives_the_sanitized_data_only_on_accept(settings, raw_file, workdir, tmp_path):
+    class Shrink:
+        @hookimpl
+        def importhooks_sanitize(self, context: ImportContext) -> None:
+            if context.data.parent is None:
+                out = context.temp_path(".raw")
+                out.write_bytes(b"\1" * 4096)
+                context.replace_data(out, kind="shrunk")
+
+    stored = tmp_path / "store" / "image"
+    stored.parent.mkdir()
+
+    def store(path: Path) -> None:
+        path.replace(stored)
+
+    result = Pipeline.from_settings(settings, extra_plugins=[("shrink", Shrink())]).run(
+        ImportRequest(path=raw_file), store=store)
+    assert result.verdict is Verdict.ACCEPT
+    assert stored.read_bytes() == b"\1" * 4096 and raw_file.exists()
+    assert list(workdir.iterdir()) == []
+    calls: list[Path] = []
+    rejected = Pipeline.from_settings(settings, extra_plugins=[("bad", Raiser("finalize"))]).run(
+        ImportRequest(path=raw_file), store=calls.append)
+    assert rejected.verdict is Verdict.REJECT and calls == []
