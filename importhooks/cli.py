@@ -39,6 +39,7 @@ from .settings import Settings, load_settings
 from .units import parse_size
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 _QUIET_LOGGERS = ("oslo_utils",)  # their warnings repeat what the findings already say
 
 
@@ -196,6 +197,8 @@ def _check_paths(paths: Sequence[str]) -> None:
             raise UsageError(f"no such file: {path}") from None
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        except ValueError:  # a NUL byte: no file can have this name
+            raise UsageError(f"not a valid path: {path}") from None
         if not stat.S_ISREG(mode):
             raise UsageError(f"not a regular file: {path}")
         if not os.access(path, os.R_OK):
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 return _plugins(args, out)
             return (_info if args.command == "info" else _schema)(args, out)
     except SystemExit as exc:  # --help and --version
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        return EXIT_ACCEPTED if exc.code is None else exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except UsageError as exc:
         message = str(exc)
     except ConfigError as exc:
@@ -312,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     except PluginLoadError as exc:
         message = f"plugin error: {exc}"
     except KeyboardInterrupt:
-        message = "interrupted"
+        err.write("importhooks: interrupted\n")
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # piped into head, say: nothing more to write
         _silence_stdout()
         return EXIT_ERROR

@@ -12,6 +12,7 @@ Both are plain, JSON-ready dicts built anew on each call; nothing is cached.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +84,7 @@ def _method_schema(names: list[str]) -> dict[str, Any]:
         if name not in _METHOD_PARAMETERS:
             continue
         params, required = _METHOD_PARAMETERS[name]
-        properties.update(params)
+        properties.update(copy.deepcopy(params))  # callers may edit the document
         conditions.append({
             "if": {"properties": {"name": {"const": name}}, "required": ["name"]},
             "then": {"required": list(required)},

@@ -119,8 +119,8 @@ class Pipeline:
         """
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="importhooks-", dir=self.settings.work_dir))
-        run = _Run(self, request, workdir)
         try:
+            run = _Run(self, request, workdir)
             run.start()
             result = run.wait(started)
             if store is not None and result.verdict is Verdict.ACCEPT:

@@ -12,11 +12,11 @@ import pytest
 from importhooks import (
     Claims,
     EventType,
+    FindingCode,
     ImportContext,
     ImportRequest,
     KillSwitch,
     Pipeline,
-    FindingCode,
     Settings,
     Severity,
     Verdict,
@@ -25,7 +25,6 @@ from importhooks import (
 from importhooks.settings import PluginSettings, StageTimeouts
 
 from .plugin_kit import STAGES, EventLog, InspectOrder, Raiser, Recorder, Sleeper, Swallower
-
 
 WARNED = FindingCode("kit.warned", "Just a warning.", "Test.", Severity.WARNING)
 GATE = FindingCode("kit.gate", "Closed.", "Test.")
@@ -380,3 +379,9 @@ def test_store_receives_the_sanitized_data_only_on_accept(settings, raw_file, wo
     rejected = Pipeline.from_settings(settings, extra_plugins=[("bad", Raiser("finalize"))]).run(
         ImportRequest(path=raw_file), store=calls.append)
     assert rejected.verdict is Verdict.REJECT and calls == []
+
+
+def test_missing_staged_file_raises_and_leaves_no_temp_dir(settings, tmp_path, workdir):
+    with pytest.raises(FileNotFoundError):
+        Pipeline.from_settings(settings).run(ImportRequest(path=tmp_path / "gone"))
+    assert list(workdir.iterdir()) == []
