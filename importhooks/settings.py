@@ -103,7 +103,10 @@ class Settings:
         ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"), "Disk formats accepted for import.", _str_tuple
     )
     container_formats: tuple[str, ...] = _setting(
-        ("bare", "ova", "compressed"), "Container formats accepted for import.", _str_tuple
+        ("bare",),
+        "Container formats accepted for import. Only formats that an enabled plugin unpacks make sense "
+        "here: data still in a container after sanitize is rejected (container.not_unpacked).",
+        _str_tuple,
     )
     max_image_size: int = _setting(
         1 << 40, "Largest virtual size of a disk, in bytes (Glance's image_size_cap, 1 TiB).", parse_size

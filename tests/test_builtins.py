@@ -95,6 +95,7 @@ def test_container_nobody_unpacks_is_rejected_in_finalize(settings, tmp_path):
     tar = tmp_path / "image.ova"
     with tarfile.open(tar, "w") as archive:
         archive.add(disk, arcname="disk.raw")
-    result = audit(settings, tar, container_format="ova")
+    assert codes(audit(settings, tar, container_format="ova")) == ["claims.container_format_not_allowed"]
+    result = audit(settings.replace(container_formats=("bare", "ova")), tar, container_format="ova")
     assert codes(result) == ["container.not_unpacked"]
     assert result.findings[0].stage == "finalize"
