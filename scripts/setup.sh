@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Set up importhooks on a Debian machine, as root, from a clean checkout; safe to run again.
+#
+#  1. installs the system packages importhooks and its tests use (apt-get update
+#     runs only when a package is missing, and then once);
+#  2. creates $REPO/.venv with the machine's python3 (3.11 or newer) if it is missing;
+#  3. installs importhooks into it, editable, with the test and docs extras;
+#  4. runs the demo (scripts/demo.sh): a benign and a hostile image are audited,
+#     and the script fails unless the benign one is accepted and the hostile one rejected.
+#
+# Environment: PYTHON (default python3) picks the interpreter for a new venv;
+# SKIP_DEMO=1 skips step 4.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+PYTHON="${PYTHON:-python3}"
+cd "$REPO"
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. system packages -------------------------------------------------------
+# qemu-utils: qemu-img (samples, tests); libmagic1, libarchive13: python-magic and
+# libarchive-c; the mkfs, partitioning and compression tools build test images.
+APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
+              fdisk gdisk zstd xz-utils bzip2)
+
+# A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
+# want of ensurepip leaves one without).
+venv_ok() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
+
+if ! venv_ok; then
+    if ! command -v "$PYTHON" >/dev/null; then
+        [[ "$PYTHON" == python3 ]] || die "$PYTHON not found"
+        APT_PACKAGES+=(python3 python3-venv)        # a minimal Debian has no python3 at all
+    elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        APT_PACKAGES+=(python3-venv)                # Debian's python3 has no ensurepip without it
+    fi
+fi
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$package")
+    fi
+done
+
+if ((${#missing[@]})); then
+    say "installing system packages: ${missing[*]}"
+    command -v apt-get >/dev/null || die "apt-get not found: install ${missing[*]} by hand"
+    SUDO=()
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "not root and no sudo: install ${missing[*]} by hand"
+        SUDO=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    say "system packages: all present"
+fi
+
+# --- 2. virtual environment ---------------------------------------------------
+if venv_ok; then
+    say "virtual environment: $VENV (exists)"
+else
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is $("$PYTHON" -V 2>&1); importhooks needs Python 3.11 or newer"
+    say "creating virtual environment $VENV with $("$PYTHON" -V 2>&1)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# --- 3. the package -----------------------------------------------------------
+say "installing importhooks (editable, extras test and docs)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test,docs]"
+"$VENV/bin/importhooks" --help >/dev/null || die "the importhooks command does not run"
+
+# --- 4. demo ------------------------------------------------------------------
+if [[ "${SKIP_DEMO:-0}" == 1 ]]; then
+    say "demo skipped (SKIP_DEMO=1)"
+else
+    bash "$REPO/scripts/demo.sh"
+fi
+say "setup done; run scripts/test.sh to test"
