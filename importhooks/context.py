@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -38,7 +38,7 @@ class ImportContext:
         catalog: Mapping[str, FindingCode],
         options: Mapping[str, Mapping[str, Any]],
         control: RunControl,
-        workdir: Path,
+        workdir: Callable[[], Path],
         data: ImageData,
     ) -> None:
         self.request = request
@@ -138,13 +138,13 @@ class ImportContext:
         if suffix and (not suffix.startswith(".") or os.sep in suffix or not suffix[1:].isalnum()):
             raise ValueError(f"suffix must look like '.raw', got {suffix!r}")
         self.check()
-        return self._workdir / f"layer-{next(self._names)}{suffix}"
+        return self._workdir() / f"layer-{next(self._names)}{suffix}"
 
     def replace_data(self, path: Path, *, kind: str) -> ImageData:
         """In ``sanitize``: make ``path`` (from :meth:`temp_path`) the data to inspect and store."""
         if self.stage != "sanitize":
             raise RuntimeError("replace_data is only allowed in the sanitize stage")
-        if path.parent != self._workdir:
+        if path.parent != self._workdir():
             raise ValueError("replace_data takes a path from context.temp_path()")
         if self._replacement is not None:
             raise RuntimeError("the data was already replaced in this sanitize pass")

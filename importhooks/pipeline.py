@@ -118,7 +118,7 @@ class Pipeline:
         into the image store; what it raises reaches the caller.
         """
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix="importhooks-", dir=self.settings.work_dir))
+        workdir = _LazyDir(self.settings.work_dir)
         try:
             run = _Run(self, request, workdir)
             run.start()
@@ -127,13 +127,37 @@ class Pipeline:
                 store(run.context.data.path)
             return result
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.remove()
+
+
+class _LazyDir:
+    """A run's private temporary directory, made on first use: most runs never need one."""
+
+    def __init__(self, parent: Path | None) -> None:
+        self._parent = parent
+        self._path: Path | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Path:
+        with self._lock:
+            if self._closed:  # a worker abandoned after a timeout must not make a new one
+                raise RuntimeError("the run is over; its temporary directory is gone")
+            if self._path is None:
+                self._path = Path(tempfile.mkdtemp(prefix="importhooks-", dir=self._parent))
+            return self._path
+
+    def remove(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._path is not None:
+                shutil.rmtree(self._path, ignore_errors=True)
 
 
 class _Run:
     """One run: a worker thread executing the stages, watched by the caller's thread."""
 
-    def __init__(self, pipeline: Pipeline, request: ImportRequest, workdir: Path) -> None:
+    def __init__(self, pipeline: Pipeline, request: ImportRequest, workdir: Callable[[], Path]) -> None:
         self.pipeline = pipeline
         self.sink = FindingSink()
         self.done = threading.Event()

@@ -385,3 +385,23 @@ def test_missing_staged_file_raises_and_leaves_no_temp_dir(settings, tmp_path, w
     with pytest.raises(FileNotFoundError):
         Pipeline.from_settings(settings).run(ImportRequest(path=tmp_path / "gone"))
     assert list(workdir.iterdir()) == []
+
+
+def test_abandoned_worker_cannot_create_temp_files_after_the_run(settings, raw_file, workdir):
+    late: list[BaseException] = []
+
+    class Straggler:
+        @hookimpl
+        def importhooks_sanitize(self, context: ImportContext) -> None:
+            time.sleep(0.6)
+            try:
+                context.temp_path(".raw")
+            except BaseException as exc:
+                late.append(exc)
+                raise
+
+    settings = settings.replace(timeouts=StageTimeouts(sanitize=0.2))
+    result = run(settings, raw_file, ("straggler", Straggler()))
+    assert codes(result) == ["pipeline.timeout"]
+    time.sleep(0.8)
+    assert late and list(workdir.iterdir()) == []
