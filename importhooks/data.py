@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .errors import DataChanged, ReadBudgetExceeded
 
 CHUNK_SIZE = 1 << 20
 _SLACK = 1 << 20  # budget for headers re-read at the edges of small files
+_THREAD_MIN = 8 << 20  # below this, hashing md5 in a helper thread costs more than it saves
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,31 +90,42 @@ class ImageData:
         """Open the data for random-access reading (a binary file object)."""
         return BudgetedReader(open(self.path, "rb", buffering=0), self._charge)
 
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset`` (fewer at the end of the data)."""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        with self.open() as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
     def stream(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """Yield the data from start to end in chunks.
 
-        A pass that reaches the end computes the checksums on the way. Raises
-        :class:`~importhooks.errors.DataChanged` if the file's size changes.
+        A pass that reaches the end computes the checksums on the way (md5 in a
+        helper thread, the multihash in this one, so two cores share the work).
+        Raises :class:`~importhooks.errors.DataChanged` if the file's size changes.
         """
-        hashers = None
-        if self._checksums is None:
-            hashers = (hashlib.md5(usedforsecurity=False), hashlib.new(self._hash_algo))
+        hashers = None if self._checksums is not None else _Hashers(self._hash_algo, threaded=self.size > _THREAD_MIN)
         seen = 0
-        with self.open() as handle:
-            while chunk := handle.read(chunk_size):
-                seen += len(chunk)
-                if seen > self.size:
-                    raise DataChanged(f"grew past {self.size} bytes while being read")
-                if hashers is not None:
-                    hashers[0].update(chunk)
-                    hashers[1].update(chunk)
-                if self._on_progress is not None:
-                    self._on_progress(seen, self.size)
-                yield chunk
-        if seen != self.size:
-            raise DataChanged(f"shrank to {seen} of {self.size} bytes while being read")
-        if hashers is not None and self._checksums is None:
-            self._checksums = Checksums(hashers[0].hexdigest(), self._hash_algo, hashers[1].hexdigest(), seen)
+        try:
+            with self.open() as handle:
+                while chunk := handle.read(chunk_size):
+                    seen += len(chunk)
+                    if seen > self.size:
+                        raise DataChanged(f"grew past {self.size} bytes while being read")
+                    if hashers is not None:
+                        hashers.update(chunk)
+                    if self._on_progress is not None:
+                        self._on_progress(seen, self.size)
+                    yield chunk
+            if seen != self.size:
+                raise DataChanged(f"shrank to {seen} of {self.size} bytes while being read")
+            if hashers is not None and self._checksums is None:
+                md5, multihash = hashers.digests()
+                self._checksums = Checksums(md5, self._hash_algo, multihash, seen)
+        finally:
+            if hashers is not None:
+                hashers.close()
 
     def checksums(self) -> Checksums:
         """The checksums, from an earlier complete pass or from a pass made now."""
@@ -124,6 +137,46 @@ class ImageData:
 
     def __repr__(self) -> str:
         return f"<ImageData kind={self.kind!r} size={self.size}>"
+
+
+class _Hashers:
+    """md5 and the multihash of one pass; md5 in a helper thread when the data is large.
+
+    hashlib releases the GIL on large buffers, so the two digests run on two cores
+    and a pass costs about one multihash, not the sum of both.
+    """
+
+    def __init__(self, algo: str, *, threaded: bool) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._multihash = hashlib.new(algo)
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._queue = queue.Queue(maxsize=4)  # bounds memory to a few chunks
+            self._thread = threading.Thread(target=self._drain, name="importhooks-md5", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (chunk := self._queue.get()) is not None:
+            self._md5.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if self._queue is not None:
+            self._queue.put(chunk)
+        else:
+            self._md5.update(chunk)
+        self._multihash.update(chunk)
+
+    def digests(self) -> tuple[str, str]:
+        self.close()
+        return self._md5.hexdigest(), self._multihash.hexdigest()
+
+    def close(self) -> None:
+        if self._thread is not None and self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 class BudgetedReader(io.RawIOBase):
@@ -145,6 +198,11 @@ class BudgetedReader(io.RawIOBase):
 
     def tell(self) -> int:
         return self._raw.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size) or b""  # FileIO.read: no copy through a bytearray
+        self._charge(len(data))
+        return data
 
     def readinto(self, buffer: Any) -> int:
         count = self._raw.readinto(buffer) or 0

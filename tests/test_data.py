@@ -97,3 +97,35 @@ def test_every_read_checks_the_run(payload):
         for _ in data.stream(chunk_size=512):
             pass
     assert len(calls) == 4
+
+
+def test_large_stream_hashes_on_two_threads_and_matches_hashlib(tmp_path):
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        for i in range(12):
+            f.write(bytes([i]) * (1 << 20))
+    data = layer(path)
+    for _ in data.stream():
+        pass
+    body = path.read_bytes()
+    sums = data.checksums()
+    assert sums.md5 == hashlib.md5(body).hexdigest() and sums.hash_value == hashlib.sha512(body).hexdigest()
+
+
+def test_abandoned_large_stream_stops_its_hash_thread(tmp_path):
+    import threading
+
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"\1" * (16 << 20))
+    data = layer(path)
+    stream = data.stream()
+    next(stream)
+    stream.close()
+    assert not any(t.name == "importhooks-md5" for t in threading.enumerate())
+
+
+def test_read_at(payload):
+    data = layer(payload)
+    assert data.read_at(256, 4) == bytes(range(4))
+    assert data.read_at(payload.stat().st_size - 2, 100) == b"il"
+    assert data.bytes_read == 6
