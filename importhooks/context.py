@@ -84,6 +84,15 @@ class ImportContext:
         """Facts about the current data layer (``disk_format``, ``virtual_size`` ...)."""
         return self.data.facts
 
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """The findings so far, read-only (e.g. to skip costly work on data already rejected)."""
+        return self._sink.snapshot()
+
+    def has_errors(self) -> bool:
+        """Whether an error finding was reported so far in this run."""
+        return self._sink.has_errors()
+
     def options(self, section: str) -> Mapping[str, Any]:
         """The resolved ``[plugin.SECTION]`` options a plugin declared."""
         return self._options.get(section, {})

@@ -11,6 +11,7 @@ always removed.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -96,6 +97,9 @@ class Pipeline:
         self.catalog = _build_catalog(registry)
         #: Resolved ``[plugin.SECTION]`` options, by section.
         self.options = _resolve_options(settings, registry)
+        work_dir = settings.work_dir
+        if work_dir is not None and not (work_dir.is_dir() and os.access(work_dir, os.W_OK | os.X_OK)):
+            raise ConfigError("work_dir", f"not a writable directory: {work_dir}")
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, extra_plugins: Iterable[tuple[str, object]] = (),

@@ -322,11 +322,9 @@ def test_help_exits_0(capsys):
 def test_unusable_work_dir_exits_2(capsys, tmp_path, raw_file):
     config = write_config(tmp_path / "w.toml", tmp_path / "missing")
     status, out, err = run_cli(capsys, "audit", raw_file, "--format", "sarif", "--config", config)
-    assert status == 2
-    assert "cannot audit" in err and "Traceback" not in err
-    (run,) = json.loads(out)["runs"]
-    assert run["invocations"][0]["executionSuccessful"] is False
-    assert run["artifacts"][0]["properties"]["verdict"] is None
+    assert status == 2 and out == ""
+    assert "work_dir" in err and "Traceback" not in err
+    assert_one_line_error(err)
 
 
 # --- audit touches nothing -------------------------------------------------------------------------
