@@ -134,6 +134,10 @@ class ImportContext:
         self.report(code, message, detail=detail, severity=Severity.ERROR)
         raise Rejected(detail or "")
 
+    def time_left(self) -> float:
+        """Seconds left in the current stage's time budget (never negative): cap subprocesses with it."""
+        return self._control.time_left()
+
     def check(self) -> None:
         """Raise if the run must stop (stage timeout, halt); long plugin loops call this."""
         self._control.check()

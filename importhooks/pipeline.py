@@ -60,6 +60,9 @@ class RunControl:
             if self._killswitch.is_halted():
                 raise Halted("the kill switch is set")
 
+    def time_left(self) -> float:
+        return max(0.0, self.stage_deadline - time.monotonic())
+
     def check(self) -> None:
         if self.cancelled is not None:
             raise self.cancelled("the run was stopped")

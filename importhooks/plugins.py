@@ -36,6 +36,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.size_limits",
     "importhooks_plugins.content_type",
     "importhooks_plugins.disk_format",
+    "importhooks_plugins.qcow2",
+    "importhooks_plugins.qemu_img",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",
 )
@@ -126,9 +128,16 @@ def _step(plugin_name: str, action: Callable[[Any], Any], argument: Any, thrown:
         CURRENT_PLUGIN.reset(token)
 
 
-def _guarded_proxy(plugin: object, name: str, project: str) -> types.ModuleType:
-    """A module object holding guarded copies of ``plugin``'s hook implementations."""
-    proxy = types.ModuleType(f"importhooks.guarded.{name}")
+def _guarded_proxies(plugin: object, name: str, project: str) -> tuple[types.ModuleType, types.ModuleType]:
+    """Module objects holding guarded copies of ``plugin``'s hook implementations.
+
+    The first holds every implementation but the ``trylast`` ones, the second those:
+    pluggy calls ``trylast`` implementations in registration order and all others in
+    reverse, so :func:`build_registry` registers the two halves in opposite orders to
+    give every group the same, documented call order.
+    """
+    main = types.ModuleType(f"importhooks.guarded.{name}")
+    late = types.ModuleType(f"importhooks.guarded.{name}.trylast")
     marker = f"{project}_impl"
     for attr in dir(plugin):
         if not attr.startswith(f"{project}_"):
@@ -138,12 +147,16 @@ def _guarded_proxy(plugin: object, name: str, project: str) -> types.ModuleType:
         if function is None or not isinstance(opts, dict):
             continue
         is_wrapper = opts.get("wrapper") or opts.get("hookwrapper")
-        if is_wrapper and inspect.isgeneratorfunction(function):
-            setattr(proxy, attr, _guard_wrapper(function, name))
-        else:
-            setattr(proxy, attr, _guard_call(function, name))
-    proxy.__importhooks_plugin__ = plugin  # type: ignore[attr-defined]
-    return proxy
+        guard = _guard_wrapper if is_wrapper and inspect.isgeneratorfunction(function) else _guard_call
+        setattr(late if opts.get("trylast") else main, attr, guard(function, name))
+    for proxy in (main, late):
+        proxy.__importhooks_plugin__ = plugin  # type: ignore[attr-defined]
+        proxy.__importhooks_name__ = name  # type: ignore[attr-defined]
+    return main, late
+
+
+def _has_hooks(proxy: types.ModuleType, project: str) -> bool:
+    return any(attr.startswith(f"{project}_") for attr in vars(proxy))
 
 
 class PluginRegistry:
@@ -167,6 +180,14 @@ class PluginRegistry:
         raises :class:`~importhooks.errors.PluginLoadError`: plugins never shadow
         each other silently.
         """
+        late = self._register(plugin, name, source=source, distribution=distribution, version=version)
+        if late is not None:
+            self._register_proxy(late, name)
+        return name in self.infos and self.infos[name].enabled
+
+    def _register(self, plugin: object, name: str, *, source: str, distribution: str | None = None,
+                  version: str | None = None) -> types.ModuleType | None:
+        """Register all but the ``trylast`` implementations; return the proxy holding those, if any."""
         if name in self.infos:
             other = self.infos[name]
             raise PluginLoadError(f"plugin name {name!r} from {source} collides with the {other.source} plugin "
@@ -175,17 +196,21 @@ class PluginRegistry:
         info = PluginInfo(name, source, module, getattr(plugin, "__file__", None), distribution, version)
         if name in self.settings.plugins.disabled:
             self.infos[name] = PluginInfo(**{**_asdict(info), "enabled": False})
-            return False
-        proxy = _guarded_proxy(plugin, name, hookspecs.PROJECT_NAME)
+            return None
+        main, late = _guarded_proxies(plugin, name, hookspecs.PROJECT_NAME)
+        self._register_proxy(main, name)
+        self.infos[name] = info
+        return late if _has_hooks(late, hookspecs.PROJECT_NAME) else None
+
+    def _register_proxy(self, proxy: types.ModuleType, name: str) -> None:
+        pluggy_name = proxy.__name__.removeprefix("importhooks.guarded.")
         try:
-            self.pm.register(proxy, name=name)
+            self.pm.register(proxy, name=pluggy_name)
             self.pm.check_pending()
         except (pluggy.PluginValidationError, ValueError) as exc:
             if self.pm.is_registered(proxy):
                 self.pm.unregister(proxy)
-            raise PluginLoadError(f"plugin {name!r} ({module}) is invalid: {exc}") from None
-        self.infos[name] = info
-        return True
+            raise PluginLoadError(f"plugin {name!r} is invalid: {exc}") from None
 
     def plugin_object(self, name: str) -> object | None:
         proxy = self.pm.get_plugin(name)
@@ -203,7 +228,8 @@ class PluginRegistry:
 
 def _describe(impl: pluggy.HookImpl) -> str:
     flags = [flag for flag in ("wrapper", "hookwrapper", "tryfirst", "trylast") if getattr(impl, flag)]
-    return impl.plugin_name + (f" [{', '.join(flags)}]" if flags else "")
+    name = getattr(impl.plugin, "__importhooks_name__", impl.plugin_name)
+    return str(name) + (f" [{', '.join(flags)}]" if flags else "")
 
 
 def _asdict(info: PluginInfo) -> dict[str, Any]:
@@ -249,8 +275,15 @@ def build_registry(settings: Settings, extra: Iterable[tuple[str, object]] = ())
     found = _candidates(settings, extra)
     rank = {name: i for i, name in enumerate(settings.plugins.order)}
     call_order = sorted(range(len(found)), key=lambda i: (rank.get(found[i][1], len(rank)), i))
-    # pluggy calls the most recently registered implementation first: register in reverse.
+    # pluggy calls the most recently registered implementation first (trylast ones
+    # excepted, which it calls in registration order): register in reverse, then the
+    # trylast halves forwards.
+    late: list[tuple[types.ModuleType, str]] = []
     for index in reversed(call_order):
         plugin, name, meta = found[index]
-        registry.register(plugin, name, **meta)
+        proxy = registry._register(plugin, name, **meta)
+        if proxy is not None:
+            late.append((proxy, name))
+    for proxy, name in reversed(late):
+        registry._register_proxy(proxy, name)
     return registry

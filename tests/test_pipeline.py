@@ -62,13 +62,16 @@ def test_stages_run_in_order_and_events_bracket_them(settings, raw_file, workdir
 def test_tryfirst_trylast_and_registration_order(settings, raw_file):
     log: list[str] = []
     plugins = [
-        ("late", InspectOrder("late", log, trylast=True)),
+        ("late_a", InspectOrder("late_a", log, trylast=True)),
         ("plain_a", InspectOrder("plain_a", log)),
+        ("late_b", InspectOrder("late_b", log, trylast=True)),
         ("plain_b", InspectOrder("plain_b", log)),
-        ("early", InspectOrder("early", log, tryfirst=True)),
+        ("early_a", InspectOrder("early_a", log, tryfirst=True)),
+        ("early_b", InspectOrder("early_b", log, tryfirst=True)),
     ]
     run(settings, raw_file, *plugins)
-    assert log == ["early", "plain_a", "plain_b", "late"]
+    # Within each group the same documented order: here, the order the plugins were given.
+    assert log == ["early_a", "early_b", "plain_a", "plain_b", "late_a", "late_b"]
 
 
 def test_plugins_order_setting_puts_named_plugins_first(settings, raw_file):

@@ -75,7 +75,12 @@ def test_order_and_disabled_must_name_loaded_plugins(settings):
 
 def test_hook_order_lists_call_order(settings):
     order = build_registry(settings).hook_order()
-    assert order["importhooks_inspect"] == ["content_type [tryfirst]", "disk_format [tryfirst]"]
+    inspect = order["importhooks_inspect"]
+    assert inspect[:2] == ["content_type [tryfirst]", "disk_format [tryfirst]"]
+    assert inspect[-1] == "qemu_img [trylast]"
+    builtin_order = [m.rsplit(".", 1)[1] for m in DEFAULT_PLUGINS]
+    middle = inspect[2:-1]
+    assert middle == sorted(middle, key=builtin_order.index)
     assert order["importhooks_pre_validate"] == ["claims", "size_limits"]
 
 
