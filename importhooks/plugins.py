@@ -37,7 +37,13 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.content_type",
     "importhooks_plugins.disk_format",
     "importhooks_plugins.qcow2",
+    "importhooks_plugins.vmdk",
+    "importhooks_plugins.vdi",
+    "importhooks_plugins.qed",
+    "importhooks_plugins.luks",
     "importhooks_plugins.qemu_img",
+    "importhooks_plugins.vhd",
+    "importhooks_plugins.vhdx",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",
 )

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import struct
-import subprocess
 from pathlib import Path
 
-from .images import qemu_img
+from .images import qemu_img, qemu_img_luks
 
 #: Header fields (docs/interop/qcow2.rst): name -> (offset, struct format).
 FIELDS = {
@@ -48,13 +47,7 @@ def encrypted(path: Path, how: str, size: str = "1M") -> Path:
     args = ["create", "-f", "qcow2", "--object", "secret,id=sec0,data=passphrase", "-o",
             f"encrypt.format={how},encrypt.key-secret=sec0" + (",encrypt.iter-time=10" if how == "luks" else ""),
             str(path), size]
-    for attempt in range(3):
-        try:
-            qemu_img(*args)
-            break
-        except subprocess.CalledProcessError as exc:
-            if b"accurate CPU usage" not in exc.stderr or attempt == 2:
-                raise
+    qemu_img_luks(*args)
     return path
 
 
