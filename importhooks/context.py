@@ -40,6 +40,7 @@ class ImportContext:
         control: RunControl,
         workdir: Callable[[], Path],
         data: ImageData,
+        enabled_plugins: frozenset[str] = frozenset(),
     ) -> None:
         self.request = request
         self.settings = settings
@@ -50,6 +51,8 @@ class ImportContext:
         self._workdir = workdir
         self._names = itertools.count(1)
         self._replacement: ImageData | None = None
+        #: Names of the plugins registered and enabled in this pipeline.
+        self.enabled_plugins = enabled_plugins
         #: The layers of data, the staged data first; the last is the current one.
         self.layers: list[ImageData] = [data]
         #: The stage now running.

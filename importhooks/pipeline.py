@@ -98,6 +98,8 @@ class Pipeline:
         self.killswitch = killswitch or KillSwitch.from_settings(settings)
         #: Every declared finding code, by code.
         self.catalog = _build_catalog(registry)
+        #: Names of the enabled plugins.
+        self.enabled_plugins = frozenset(name for name, info in registry.infos.items() if info.enabled)
         #: Resolved ``[plugin.SECTION]`` options, by section.
         self.options = _resolve_options(settings, registry)
         work_dir = settings.work_dir
@@ -174,7 +176,8 @@ class _Run:
         self.control = RunControl(pipeline.settings, pipeline.killswitch, self._progress)
         data = self.control.new_layer(Path(request.path), kind="staged", parent=None)
         self.context = ImportContext(request, pipeline.settings, sink=self.sink, catalog=pipeline.catalog,
-                                     options=pipeline.options, control=self.control, workdir=workdir, data=data)
+                                     options=pipeline.options, control=self.control, workdir=workdir, data=data,
+                                     enabled_plugins=pipeline.enabled_plugins)
 
     def framework_finding(self, code: FindingCode, detail: str | None = None, plugin: str = "importhooks") -> None:
         self.sink.add(Finding(code.code, code.severity, self.stage, plugin, code.summary, detail))

@@ -1,8 +1,9 @@
 """Detects the real disk format from the data, never from the claim (``inspect``).
 
 Built on oslo.utils' reviewed ``format_inspector``: the data goes once through its
-``InspectWrapper`` (the same pass computes the checksums and keeps the last sector),
-then the matched inspector's safety checks run. What it finds becomes facts
+inspectors (driven by :mod:`._detector`, which mends two gaps of oslo's
+``InspectWrapper``; the same pass computes the checksums and keeps the last
+sector), then the matched inspector's safety checks run. What it finds becomes facts
 (``disk_format``, ``virtual_size``, ``actual_size``, ``partition_table``,
 ``subformat``) and findings: polyglots, damaged headers, a claim that does not match
 the data, a virtual size over the limit. Format-specific rules (qcow2, VMDK, VHD ...)
@@ -17,17 +18,23 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
   partition table;
 * it cannot see a fixed VHD, whose only structure is a footer in the last sector;
 * it treats an ISO whose system area holds an MBR or GPT (a hybrid installer ISO)
-  as two formats: that combination is one image and is accepted as ``iso``.
+  as two formats: that combination is one image and is accepted as ``iso``;
+* its qcow2 check counts the extended-L2 feature bit as unknown, and it bans QED
+  outright: the ``qcow2`` and ``qed`` plugins check those headers instead (QED only
+  while the ``qed`` plugin is enabled);
+* it takes a dynamic VHD's virtual size from the footer's original size, qemu from
+  its current size: the current size is used here (the ``vhd`` plugin rejects a
+  footer where the two differ).
 """
 
 from __future__ import annotations
 
-import struct
-
 from oslo_utils.imageutils import format_inspector as fi
 
-from importhooks import FindingCode, ImportContext, hookimpl
-from importhooks.units import format_size
+from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
+from importhooks.units import format_size, parse_size
+
+from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table
 
 POLYGLOT = FindingCode(
     "format.polyglot",
@@ -98,78 +105,32 @@ _SAFETY_CODES = {
         "GPT protective entry with other partitions beside it.",
     ),
 }
-#: Leading bytes of the formats oslo.utils knows, to tell "damaged X" from "raw".
-MAGICS = {
-    b"QFI\xfb": "qcow2",
-    b"KDMV": "vmdk",
-    b"# Disk DescriptorFile": "vmdk",
-    b"conectix": "vhd",
-    b"vhdxfile": "vhdx",
-    b"QED\x00": "qed",
-    b"LUKS\xba\xbe": "luks",
-}
-VDI_SIGNATURE = (0x40, b"\x7f\x10\xda\xbe")
-SECTOR = 512
+#: The qcow2 incompatible feature bits qemu knows (dirty, corrupt, external data
+#: file, compression type, extended L2); oslo.utils does not know the last one.
+QCOW2_KNOWN_INCOMPATIBLE = 0x1F
+CHUNK_SIZE = 1 << 20
+
+OPTIONS = PluginOptions("disk_format", (
+    PluginOption("chunk_size", CHUNK_SIZE, "Bytes read per step of the streaming pass (tests vary it).",
+                 parse=lambda value: _positive_size(value)),
+))
+
+
+def _positive_size(value: object) -> int:
+    size = parse_size(value)
+    if size < 1:
+        raise ValueError("the chunk size must be at least 1 byte")
+    return size
+
+
+@hookimpl
+def importhooks_plugin_options() -> PluginOptions:
+    return OPTIONS
 
 
 @hookimpl
 def importhooks_finding_codes() -> list[FindingCode]:
     return [POLYGLOT, INVALID, CLAIM_MISMATCH, VIRTUAL_SIZE_TOO_LARGE, NOT_ALLOWED, UNSAFE, *_SAFETY_CODES.values()]
-
-
-class _Tail:
-    """Passes chunks through, keeping the last sector seen (a fixed VHD's footer)."""
-
-    def __init__(self, chunks: object) -> None:
-        self._chunks = iter(chunks)  # type: ignore[call-overload]
-        self.last = b""
-
-    def __iter__(self) -> _Tail:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk: bytes = next(self._chunks)
-        self.last = (self.last + chunk)[-SECTOR:] if len(chunk) < SECTOR else chunk[-SECTOR:]
-        return chunk
-
-
-def is_vhd_footer(sector: bytes) -> bool:
-    """A VHD footer: cookie, and a one's-complement checksum over the 512 bytes that matches."""
-    if len(sector) != SECTOR or not sector.startswith(b"conectix"):
-        return False
-    stored = int.from_bytes(sector[64:68], "big")
-    total = sum(sector[:64]) + sum(sector[68:])
-    return (~total & 0xFFFFFFFF) == stored
-
-
-def boot_sector_filesystem(sector0: bytes) -> str | None:
-    """The filesystem whose boot sector fills sector 0 (these carry an MBR-like 0x55AA), or None."""
-    if sector0[3:11] == b"NTFS    ":
-        return "ntfs"
-    if sector0[3:11] == b"EXFAT   ":
-        return "exfat"
-    if sector0[82:87] == b"FAT32" or sector0[54:59] in (b"FAT12", b"FAT16", b"FAT  "):
-        return "vfat"
-    return None
-
-
-def partition_table(head: bytes) -> str:
-    """``gpt``, ``mbr`` or ``none`` for the first sectors of a raw disk."""
-    if head[SECTOR : SECTOR + 8] == b"EFI PART" or head[4096 : 4096 + 8] == b"EFI PART":
-        return "gpt"
-    if head[510:512] == b"\x55\xaa" and boot_sector_filesystem(head[:SECTOR]) is None:
-        return "mbr"
-    return "none"
-
-
-def _looks_like(head: bytes) -> str | None:
-    for magic, name in MAGICS.items():
-        if head.startswith(magic):
-            return name
-    offset, signature = VDI_SIGNATURE
-    if head[offset : offset + 4] == signature:
-        return "vdi"
-    return None
 
 
 def _safety_check(context: ImportContext, inspector: fi.FileInspector, detected: str, *, skip: set[str]) -> None:
@@ -183,50 +144,76 @@ def _safety_check(context: ImportContext, inspector: fi.FileInspector, detected:
         context.reject(INVALID, detail=f"{detected}: safety check could not run: {exc!r}")
 
 
-@hookimpl(tryfirst=True)
-def importhooks_inspect(context: ImportContext) -> None:
-    tail = _Tail(context.data.stream())
-    wrapper = fi.InspectWrapper(tail)  # type: ignore[arg-type]
-    for _chunk in wrapper:
-        pass
-    matches = {str(i): i for i in (wrapper.formats or [])}
-    head = context.data.read_at(0, 4096 + SECTOR)
+def _skipped_checks(context: ImportContext, detected: str, layout: str | None) -> set[str]:
+    """oslo.utils safety checks that importhooks replaces for this image (see the module doc)."""
+    if layout == "none":
+        return {"mbr"}  # a filesystem boot sector, not an MBR
+    if detected == "qed" and "qed" in context.enabled_plugins:
+        return {"banned"}
+    if detected == "qcow2":
+        header = context.data.read_at(0, 80)
+        if header[4:8] == b"\0\0\0\3" and len(header) == 80:
+            features = int.from_bytes(header[72:80], "big")
+            if features & ~QCOW2_KNOWN_INCOMPATIBLE == 0:
+                return {"unknown_features"}
+    return set()
+
+
+def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[str, fi.FileInspector | None]:
+    """Name the format; record layout facts; reject polyglots and damaged magic."""
     facts = context.facts
-    skip: set[str] = set()
+    matches = detector.matches()
     names = set(matches)
+    footer_at_end = is_vhd_footer(detector.last_sector) and context.data.size > SECTOR
+    if footer_at_end and names - {"gpt", "vhd"}:  # a VHD footer after another format's data
+        context.reject(POLYGLOT, f"The image matches more than one disk format: {', '.join(sorted(names))}, vhd.",
+                       detail=f"{sorted(names)} with a VHD footer in its last sector")
     if names == {"iso", "gpt"}:  # a hybrid installer ISO: one image, two views
-        inspector, detected = matches["iso"], "iso"
         facts["partition_table"] = partition_table(head)
-    elif len(names) > 1:
+        return "iso", matches["iso"]
+    if len(names) > 1:
         context.reject(POLYGLOT, f"The image matches more than one disk format: {', '.join(sorted(names))}.",
                        detail=f"formats {sorted(names)}")
-    elif names == {"gpt"}:
-        inspector, detected = matches["gpt"], "raw"
-        facts["partition_table"] = partition_table(head)
-        if facts["partition_table"] == "none":
-            skip.add("mbr")  # a filesystem boot sector, not an MBR
-    elif names == {"raw"} or not names:
-        inspector, detected = matches.get("raw") or fi.RawFileInspector(), "raw"
-        looks = _looks_like(head)
-        if looks is not None:
-            context.reject(INVALID, f"The image starts like a {looks} image but is not a valid one.",
-                           detail=f"{looks} magic at offset 0, inspector found no valid {looks} header")
-        if is_vhd_footer(tail.last) and context.data.size > SECTOR:
-            detected = "vhd"
-            facts["subformat"] = "fixed"
-        else:
-            facts["partition_table"] = partition_table(head)
-    else:
+    if names - {"gpt"}:
         (detected,) = names
-        inspector = matches[detected]
-        if detected != "vhd" and is_vhd_footer(tail.last):
-            context.reject(POLYGLOT, f"The image matches more than one disk format: {detected}, vhd.",
-                           detail=f"{detected} with a VHD footer in its last sector")
+        return detected, matches[detected]
+    looks = looks_like(head)
+    if looks is not None and not (looks == "vhd" and footer_at_end):
+        context.reject(INVALID, f"The image starts like a {looks} image but is not a valid one.",
+                       detail=f"{looks} magic at offset 0, inspector found no valid {looks} header")
+    if footer_at_end:  # raw data, perhaps partitioned, then a footer: oslo.utils cannot see it
+        facts["subformat"] = "fixed"
+        return "vhd", None
+    facts["partition_table"] = partition_table(head)
+    return "raw", matches.get("gpt") or fi.RawFileInspector()
+
+
+@hookimpl(tryfirst=True)
+def importhooks_inspect(context: ImportContext) -> None:
+    detector = Detector()
+    chunk_size = context.options("disk_format").get("chunk_size", CHUNK_SIZE)
+    for _chunk in detector.feed(context.data.stream(chunk_size)):
+        pass
+    facts = context.facts
+    if detector.broken:  # its header made the inspector fail: name it, let its own plugin say more
+        name, exc = sorted(detector.broken.items())[0]
+        facts["disk_format"] = name
+        context.report(INVALID, f"The image starts like a {name} image but is not a valid one.",
+                       detail=f"{name} inspector failed: {exc!r}")
+        return
+    head = context.data.read_at(0, 4096 + SECTOR)
+    detected, inspector = _detect(context, detector, head)
     facts["disk_format"] = detected
-    _safety_check(context, inspector, detected, skip=skip)
+    if inspector is not None:
+        _safety_check(context, inspector, detected,
+                      skip=_skipped_checks(context, detected, facts.get("partition_table")))
     try:
-        if facts.get("subformat") == "fixed":
-            (virtual_size,) = struct.unpack(">Q", tail.last[48:56])  # the footer's current size
+        if detected == "raw":
+            virtual_size = context.data.size
+        elif inspector is None:  # fixed VHD: the footer's current size
+            virtual_size = int.from_bytes(detector.last_sector[48:56], "big")
+        elif detected == "vhd":  # dynamic VHD: the current size, as qemu reads it (oslo reads the original)
+            virtual_size = int.from_bytes(head[48:56], "big")
         else:
             virtual_size = int(inspector.virtual_size)
     except Exception as exc:  # noqa: BLE001 - a malformed header must end in a finding

@@ -15,6 +15,7 @@ import pytest
 from importhooks_plugins import qed as plugin
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Verdict
+from importhooks.settings import PluginSettings
 
 from . import images
 
@@ -110,11 +111,17 @@ def test_benign_qed_passes_the_qed_checks_with_facts(settings, copy, name, virtu
     assert result.detected["cluster_size"] == cluster_size
 
 
-@pytest.mark.xfail(strict=True, reason="disk_format reports oslo.utils' 'banned' safety check (format.unsafe) "
-                                       "for every QED image; the qed plugin does the real checks")
 def test_benign_qed_is_accepted(settings, copy):
     result = audit(settings, copy("empty"), disk_format="qed")
     assert result.verdict is Verdict.ACCEPT, result.findings
+
+
+def test_qed_is_banned_without_the_qed_plugin(settings, copy):
+    """disk_format skips oslo's blanket QED ban only while the qed plugin checks the header."""
+    without = settings.replace(plugins=PluginSettings(entry_points=False, disabled=("qed",)))
+    result = audit(without, copy("empty"), disk_format="qed")
+    assert result.verdict is Verdict.REJECT
+    assert "format.unsafe" in [f.code for f in result.findings]
 
 
 def test_the_data_image_has_l2_tables(templates):
