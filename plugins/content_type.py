@@ -27,11 +27,18 @@ CONTAINERS = {
     "application/x-tar": "tar",
 }
 
+#: What the data must look like for each container_format claim besides ``bare``.
+CLAIMABLE = {
+    "compressed": frozenset({"gzip", "bzip2", "xz", "zstd", "zip"}),
+    "ova": frozenset({"tar"}),
+}
+
 CLAIM_MISMATCH = FindingCode(
     "container.claim_mismatch",
-    "The image is a compressed file or an archive, not a bare disk.",
-    "The request claims container_format 'bare' but the data is a compressed stream or an archive "
-    "(the message names which). Claim the right container_format, or upload the disk itself.",
+    "The image's container is not the one given in the request.",
+    "The claimed container_format does not match the data: 'bare' claimed for a compressed stream or an "
+    "archive, 'compressed' for data that is not compressed, 'ova' for data that is not a tar archive (the "
+    "message names what the data is). Claim the right container_format.",
 )
 NOT_UNPACKED = FindingCode(
     "container.not_unpacked",
@@ -59,8 +66,14 @@ def importhooks_inspect(context: ImportContext) -> None:
     container = sniff(context)
     context.facts["container_format"] = container
     claimed = context.claims.container_format
-    if container != "bare" and context.data.parent is None and claimed in (None, "bare"):
+    if context.data.parent is not None:
+        return  # the claim describes the upload, the first layer
+    if container != "bare" and claimed in (None, "bare"):
         context.report(CLAIM_MISMATCH, f"The image looks like a {container} file, not a bare disk.",
+                       detail=f"claimed {claimed!r}, libmagic sees {container}")
+    elif claimed in CLAIMABLE and container not in CLAIMABLE[claimed]:
+        what = "a bare disk" if container == "bare" else f"a {container} file"
+        context.report(CLAIM_MISMATCH, f"The image is {what}, not the {claimed} container the request says.",
                        detail=f"claimed {claimed!r}, libmagic sees {container}")
 
 

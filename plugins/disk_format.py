@@ -223,9 +223,17 @@ def importhooks_inspect(context: ImportContext) -> None:
     _check_claims_and_limits(context, detected, virtual_size)
 
 
+def _is_container(layer_facts: dict[str, object]) -> bool:
+    return layer_facts.get("container_format", "bare") != "bare"
+
+
 def _check_claims_and_limits(context: ImportContext, detected: str, virtual_size: int) -> None:
+    """For a disk layer: the detected format must be allowed, claimed (on the uploaded disk) and not too big."""
+    if _is_container(context.facts):
+        return  # a compressed stream or an archive: its inner disk is checked once unpacked
+    uploaded_disk = all(_is_container(layer.facts) for layer in context.layers[:-1])
     claimed = context.claims.disk_format
-    if claimed is not None and context.data.parent is None and claimed != detected:
+    if claimed is not None and uploaded_disk and claimed != detected:
         context.report(CLAIM_MISMATCH, f"The image is {detected}, not {claimed} as the request says.",
                        detail=f"claimed {claimed!r}, detected {detected!r}")
     if detected not in context.settings.disk_formats:
