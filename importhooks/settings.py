@@ -21,7 +21,7 @@ from .units import parse_duration, parse_size
 
 STAGES = ("pre_validate", "inspect", "sanitize", "set_protected_properties", "finalize")
 
-DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "qed", "luks", "gpt")
+DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "qed", "luks")
 CONTAINER_FORMATS = ("bare", "ova", "ovf", "compressed")
 
 

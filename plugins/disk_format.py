@@ -218,6 +218,9 @@ def importhooks_inspect(context: ImportContext) -> None:
             virtual_size = int(inspector.virtual_size)
     except Exception as exc:  # noqa: BLE001 - a malformed header must end in a finding
         context.reject(INVALID, detail=f"{detected}: virtual size unreadable: {exc!r}")
+    if virtual_size < 0 or (detected == "iso" and virtual_size > context.data.size):
+        context.report(INVALID, f"The image's {detected} header is damaged or the image is truncated.",
+                       detail=f"{detected}: virtual size {virtual_size}, file size {context.data.size}")
     facts["virtual_size"] = virtual_size
     facts["actual_size"] = context.data.size
     _check_claims_and_limits(context, detected, virtual_size)
