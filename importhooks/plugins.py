@@ -44,6 +44,11 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.qemu_img",
     "importhooks_plugins.vhd",
     "importhooks_plugins.vhdx",
+    "importhooks_plugins.zip",
+    "importhooks_plugins.ovf",
+    "importhooks_plugins.ova",
+    "importhooks_plugins.compression",
+    "importhooks_plugins.conversion",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",
 )

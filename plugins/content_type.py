@@ -33,6 +33,8 @@ CLAIMABLE = {
     "ova": frozenset({"tar"}),
 }
 
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+
 CLAIM_MISMATCH = FindingCode(
     "container.claim_mismatch",
     "The image's container is not the one given in the request.",
@@ -58,6 +60,8 @@ def sniff(context: ImportContext) -> str:
     with context.data.open() as handle:
         head = handle.read(SNIFF_BYTES)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
+    if mime not in CONTAINERS and head.startswith(ZIP_MAGICS):
+        return "zip"  # libmagic names zip-based formats by their content (EPUB, APK, JAR ...): still a zip
     return CONTAINERS.get(mime, "bare")
 
 

@@ -190,6 +190,8 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
 
 @hookimpl(tryfirst=True)
 def importhooks_inspect(context: ImportContext) -> None:
+    if context.facts.get("container_format", "bare") != "bare":
+        return  # a compressed stream or an archive: the disk inside is inspected once unpacked
     detector = Detector()
     chunk_size = context.options("disk_format").get("chunk_size", CHUNK_SIZE)
     for _chunk in detector.feed(context.data.stream(chunk_size)):

@@ -12,25 +12,23 @@ The path given to qemu-img is a symlink the pipeline names inside the run's priv
 temporary directory, pointing at the staged file: nothing in it comes from the image
 or the request, it is absolute (never taken for an option or a ``json:`` or
 ``protocol:`` pseudo-filename), and any relative file name qemu resolves next to it
-lands in that otherwise empty directory.
+lands in that otherwise empty directory. How qemu-img is named, limited, run and its
+failures classified is shared with the ``conversion`` plugin (:mod:`._qemu`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import shutil
-import signal
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from oslo_concurrency import processutils
-
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
-from importhooks.units import parse_duration, parse_size
+
+from . import _qemu
+from ._qemu import DRIVERS, QemuError
+from ._qemu import clip as _clip
 
 SECTION = "qemu_img"
 
@@ -68,35 +66,9 @@ SKIPPED = FindingCode(
     Severity.INFO,
 )
 
-#: Glance disk format -> qemu block driver. An ISO is read by qemu as a raw disk.
-DRIVERS: Mapping[str, str] = {
-    "raw": "raw",
-    "iso": "raw",
-    "qcow2": "qcow2",
-    "vmdk": "vmdk",
-    "vhd": "vpc",
-    "vhdx": "vhdx",
-    "vdi": "vdi",
-    "qed": "qed",
-    "luks": "luks",
-}
 SECTOR = 512
 #: qemu-img info's JSON is a few hundred bytes; qcow2 snapshot lists make it longer.
 MAX_OUTPUT = 4 << 20
-DETAIL_LIMIT = 500
-#: Signals the kernel sends on a CPU-time limit (SIGXCPU at the soft, SIGKILL at the hard limit).
-LIMIT_SIGNALS = frozenset({signal.SIGKILL, signal.SIGXCPU})
-#: How hitting the address-space limit shows in qemu-img's stderr (LC_ALL=C), seen with qemu 7.2:
-#: the loader cannot map a library, a thread's stack cannot be mapped, a cache or a buffer
-#: cannot be allocated (glib aborts with "failed to allocate").
-LIMIT_MESSAGES = (
-    "cannot allocate memory",
-    "could not allocate",
-    "failed to allocate",
-    "out of memory",
-    "failed to map segment",
-    "resource temporarily unavailable",
-)
 
 
 @hookimpl
@@ -104,50 +76,18 @@ def importhooks_finding_codes() -> list[FindingCode]:
     return [MISMATCH, FAILED, RESOURCE_LIMIT, TIMEOUT, SKIPPED]
 
 
-def _positive_size(value: object) -> int:
-    size = parse_size(value)
-    if size <= 0:
-        raise ValueError(f"expected a size above zero such as 1GiB, got {value!r}")
-    return size
-
-
-def _positive_int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"expected a whole number of seconds above zero, got {value!r}")
-    return value
-
-
-def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above zero such as 60s, got {value!r}")
-    return seconds
-
-
-def _binary(value: object) -> str:
-    if not isinstance(value, str) or not value or value.startswith("-"):
-        raise ValueError(f"expected the name or path of the qemu-img program, got {value!r}")
-    return value
-
-
 @hookimpl
 def importhooks_plugin_options() -> PluginOptions:
     return PluginOptions(SECTION, (
         PluginOption("binary", "qemu-img", "The qemu-img program: a name looked up in PATH, or a path.",
-                     parse=_binary),
+                     parse=_qemu.binary_name),
         PluginOption("address_space", 1 << 30, "Address-space limit of qemu-img (Glance uses 1 GiB).",
-                     size=True, parse=_positive_size),
+                     size=True, parse=_qemu.positive_size),
         PluginOption("cpu_time", 30, "CPU-time limit of qemu-img, in whole seconds (Glance uses 30).",
-                     parse=_positive_int),
+                     parse=_qemu.positive_int),
         PluginOption("timeout", 60.0, "Wall-time limit of qemu-img; never more than what is left of the "
-                     "inspect stage's budget.", parse=_positive_duration),
+                     "inspect stage's budget.", parse=_qemu.positive_duration),
     ))
-
-
-def _clip(value: object) -> str:
-    """Operator detail from qemu-img's output: escaped, one line, at most DETAIL_LIMIT characters."""
-    escaped = repr(value.strip() if isinstance(value, str) else value)
-    return escaped if len(escaped) <= DETAIL_LIMIT else escaped[: DETAIL_LIMIT - 3] + "..."
 
 
 def expected_virtual_size(facts: Mapping[str, Any], driver: str, data_size: int) -> int:
@@ -197,41 +137,8 @@ def compare(info: Mapping[str, Any], *, driver: str, virtual_size: int, path: st
     return found
 
 
-def _time_limit(context: ImportContext, limit: float) -> int:
-    """Whole seconds qemu-img may run: the option, capped by the inspect stage's budget.
-
-    Where the framework offers ``ImportContext.time_left()`` (what is left of the
-    stage's budget), that caps it too.
-    """
-    limit = min(limit, context.settings.timeouts.inspect)
-    time_left = getattr(context, "time_left", None)
-    if callable(time_left):
-        limit = min(limit, float(time_left()))
-    return max(1, math.ceil(limit))
-
-
-def _kill(process: subprocess.Popen[bytes] | None) -> None:
-    """Kill qemu-img (and anything it started: it leads its own process group) and reap it."""
-    if process is None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except OSError:
-        pass  # already gone
-    try:
-        process.communicate(timeout=5)
-    except (OSError, ValueError, subprocess.SubprocessError):
-        pass
-
-
-def _classify(exc: processutils.ProcessExecutionError) -> FindingCode:
-    code = exc.exit_code
-    stderr = str(exc.stderr or "").lower()
-    if isinstance(code, int) and code < 0 and -code in LIMIT_SIGNALS:
-        return RESOURCE_LIMIT
-    if any(marker in stderr for marker in LIMIT_MESSAGES):
-        return RESOURCE_LIMIT
-    return FAILED
+#: What each kind of qemu-img failure is reported as.
+_CODES = {_qemu.FAILED: FAILED, _qemu.RESOURCE_LIMIT: RESOURCE_LIMIT, _qemu.TIMEOUT: TIMEOUT}
 
 
 def run_qemu_img(context: ImportContext, driver: str, path: Path) -> dict[str, Any] | None:
@@ -240,29 +147,13 @@ def run_qemu_img(context: ImportContext, driver: str, path: Path) -> dict[str, A
     Every way it can fail becomes a finding here (``None`` is returned then).
     """
     options = context.options(SECTION)
-    binary = shutil.which(options["binary"])
-    if binary is None:
-        context.report(FAILED, detail=f"qemu-img program not found: {options['binary']!r}")
-        return None
-    limits = processutils.ProcessLimits(address_space=options["address_space"], cpu_time=options["cpu_time"])
-    seconds = _time_limit(context, options["timeout"])
-    started: list[subprocess.Popen[bytes]] = []
+    limits = _qemu.Limits(options["address_space"], options["cpu_time"], options["timeout"])
     try:
-        stdout, _stderr = processutils.execute(
-            binary, "info", "--output=json", "--force-share", "-f", driver, "--", str(path),
-            prlimit=limits, timeout=seconds, env_variables={**os.environ, "LC_ALL": "C", "LANG": "C"},
-            preexec_fn=os.setsid, on_execute=started.append, binary=True,
-        )
-    except subprocess.TimeoutExpired:
-        _kill(started[0] if started else None)
-        context.report(TIMEOUT, detail=f"qemu-img info -f {driver} killed after {seconds} s")
-        return None
-    except processutils.ProcessExecutionError as exc:
-        stderr = _clip(exc.stderr or "")
-        context.report(_classify(exc), detail=f"qemu-img info -f {driver} exited with {exc.exit_code}: {stderr}")
-        return None
-    except OSError as exc:
-        context.report(FAILED, detail=f"qemu-img could not be started: {exc!r}")
+        stdout = _qemu.run(context, options["binary"],
+                           ("info", "--output=json", "--force-share", "-f", driver, "--", str(path)),
+                           limits, label=f"qemu-img info -f {driver}")
+    except QemuError as exc:
+        context.report(_CODES[exc.kind], detail=exc.detail)
         return None
     if len(stdout) > MAX_OUTPUT:
         context.report(FAILED, detail=f"qemu-img info printed {len(stdout)} bytes, more than {MAX_OUTPUT}")
@@ -291,16 +182,12 @@ def importhooks_inspect(context: ImportContext) -> None:
     if driver is None:
         context.report(SKIPPED, detail=f"no qemu block driver for disk format {disk_format!r}")
         return
-    link = Path(os.path.abspath(context.temp_path()))
     try:
-        os.symlink(os.path.abspath(context.data.path), link)
-    except OSError as exc:
-        context.report(FAILED, detail=f"cannot link the data for qemu-img: {exc!r}")
+        with _qemu.linked(context) as link:
+            info = run_qemu_img(context, driver, link)
+    except QemuError as exc:
+        context.report(_CODES[exc.kind], detail=exc.detail)
         return
-    try:
-        info = run_qemu_img(context, driver, link)
-    finally:
-        link.unlink(missing_ok=True)
     if info is None:
         return
     expected = expected_virtual_size(facts, driver, context.data.size)

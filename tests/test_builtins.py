@@ -12,6 +12,7 @@ import pytest
 import zstandard
 
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
+from importhooks.settings import PluginSettings
 
 from . import images
 
@@ -96,7 +97,10 @@ def test_container_nobody_unpacks_is_rejected_in_finalize(settings, tmp_path):
     with tarfile.open(tar, "w") as archive:
         archive.add(disk, arcname="disk.raw")
     assert codes(audit(settings, tar, container_format="ova")) == ["claims.container_format_not_allowed"]
-    result = audit(settings.replace(container_formats=("bare", "ova")), tar, container_format="ova")
+    # Fail closed: with the plugin that unpacks OVAs disabled, the tar is never stored unchecked.
+    without_ova = settings.replace(container_formats=("bare", "ova"),
+                                   plugins=PluginSettings(entry_points=False, disabled=("ova",)))
+    result = audit(without_ova, tar, container_format="ova")
     assert codes(result) == ["container.not_unpacked"]
     assert result.findings[0].stage == "finalize"
 
@@ -114,10 +118,25 @@ def test_container_claims_must_match_the_data(settings, tmp_path, claim, content
     assert mismatch and named in mismatch[0].message and claim in mismatch[0].message
 
 
-def test_a_compressed_layer_is_not_held_to_the_disk_claim(settings, tmp_path):
+def test_the_disk_claim_is_held_to_the_disk_inside_the_container(settings, tmp_path):
     path = tmp_path / "disk.gz"
     path.write_bytes(gzip.compress(b"\0" * 100000))
-    result = audit(settings.replace(container_formats=("bare", "compressed")), path,
-                   disk_format="qcow2", container_format="compressed")
-    # No plugin unpacks it yet: rejected for that, not for a qcow2 claim about a gzip stream.
-    assert codes(result) == ["container.not_unpacked"]
+    allowed = settings.replace(container_formats=("bare", "compressed"))
+    result = audit(allowed, path, disk_format="raw", container_format="compressed")
+    assert result.verdict is Verdict.ACCEPT, result.findings
+    assert [layer.facts["container_format"] for layer in result.layers] == ["gzip", "bare"]
+    mismatch = audit(allowed, path, disk_format="qcow2", container_format="compressed")
+    assert codes(mismatch) == ["format.claim_mismatch"]
+    assert mismatch.findings[0].message == "The image is raw, not qcow2 as the request says."
+
+
+def test_zip_based_formats_are_zips(settings, tmp_path):
+    import zipfile
+
+    path = tmp_path / "book.epub"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("mimetype", "application/epub+zip")  # libmagic: application/epub+zip
+        archive.writestr("disk.raw", b"\0" * 4096)
+    result = audit(settings, path, container_format="bare")
+    assert result.layers[0].facts["container_format"] == "zip"
+    assert "container.claim_mismatch" in codes(result)

@@ -1,0 +1,258 @@
+"""Decompression bombs against the compression plugin, at full scale.
+
+Run on demand (pytest never collects it)::
+
+    .venv/bin/python benchmarks/bench_bombs.py [--dir DIR] [--runs N] [--only NAME] [--json]
+
+Each case is a file built here, audited in a fresh process exactly as an operator
+would (``importhooks audit --format json --config CFG --container-format compressed
+FILE``), timed from start to exit (interpreter, imports and all), with its peak
+resident memory from ``os.wait4``. The median of ``--runs`` (default 3) is reported.
+
+The bombs (all zeros, the most compressible data there is):
+
+* **bzip2, 1.1 TiB** and **zstd, 1.1 TiB**, default limits (max_image_size 1 TiB):
+  feeding 1.1 TiB through a compressor takes minutes to hours (bzip2 about 100 MB/s),
+  so the file is one compressed unit of zeros repeated: a bzip2 file may hold many
+  streams and a zstd file many frames, and every decoder (``bzip2 -d``, ``zstd -d``,
+  the plugin) reads them as one stream of 1.1 TiB. The zstd frames are written by the
+  streaming compressor, so no frame header declares its size: only the counted output
+  can stop them.
+* **xz, 8 GiB** and **gzip, 8 GiB**, under ``--max-image-size 4GiB``: likewise units of
+  256 MiB, as concatenated xz streams and gzip members. The xz indexes declare 8 GiB
+  in total, which is over the limit before anything is decompressed.
+* **xz, 8 GiB, index cut off**: the same with its last 64 bytes removed, so no
+  declared size can be read: the counted output must stop it.
+* **gzip of bzip2, 1.1 TiB**: the bzip2 bomb above, gzipped (two nested layers).
+
+And one legitimate image: **a 2 GiB sparse raw disk** (each MiB: 29 KiB of random
+bytes, then zeros; about 35:1) compressed by ``zstd -3``; it must be accepted.
+
+Targets: every bomb rejected with its finding code in at most 2 s and 128 MiB peak
+RSS; the sparse disk accepted (its time and memory are reported, not targeted: its
+2 GiB are inspected and hashed like any 2 GiB disk). Files go to a directory made with
+``tempfile.mkdtemp(dir=--dir)`` and removed at the end (about 110 MiB on disk; the
+sparse disk is written sparse). Exit status 0 when every target is met, 1 when one is
+missed, 2 when the benchmark could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import functools
+import gzip
+import json
+import lzma
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+VENV_BIN = Path(sys.executable).parent
+IMPORTHOOKS = VENV_BIN / "importhooks"
+MIB, GIB, TIB = 1 << 20, 1 << 30, 1 << 40
+BOMB_SIZE = int(1.1 * TIB)
+TARGET_S = 2.0
+TARGET_RSS_MIB = 128
+CONFIG = 'container_formats = ["bare", "compressed"]\n[plugins]\nentry_points = false\n'
+
+
+def zeros_unit(compressor: Any, size: int) -> bytes:
+    """``size`` zero bytes through a compressor object (compress/flush), 64 MiB at a time."""
+    piece = bytes(64 * MIB)
+    parts = [compressor.compress(piece[: min(len(piece), size - start)]) for start in range(0, size, len(piece))]
+    return b"".join(parts) + bytes(compressor.flush())
+
+
+def repeat_to(path: Path, unit: bytes, unit_size: int, total: int) -> int:
+    """Write ``unit`` (``unit_size`` bytes when decompressed) until it holds ``total``; the size reached."""
+    count = -(-total // unit_size)
+    with open(path, "wb") as out:
+        for _ in range(count):
+            out.write(unit)
+    return count * unit_size
+
+
+@functools.cache
+def bzip2_unit() -> bytes:
+    return zeros_unit(bz2.BZ2Compressor(9), 256 * MIB)
+
+
+def build_bzip2(path: Path) -> int:
+    return repeat_to(path, bzip2_unit(), 256 * MIB, BOMB_SIZE)
+
+
+def build_zstd(path: Path) -> int:
+    return repeat_to(path, zeros_unit(zstandard.ZstdCompressor(level=3).compressobj(), GIB), GIB, BOMB_SIZE)
+
+
+def build_xz(path: Path) -> int:
+    return repeat_to(path, zeros_unit(lzma.LZMACompressor(preset=0), 256 * MIB), 256 * MIB, 8 * GIB)
+
+
+def build_xz_no_index(path: Path) -> int:
+    size = build_xz(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 64)
+    return size
+
+
+def build_gzip(path: Path) -> int:
+    return repeat_to(path, zeros_unit(zlib.compressobj(9, zlib.DEFLATED, 31), 256 * MIB), 256 * MIB, 8 * GIB)
+
+
+def build_gzip_of_bzip2(path: Path) -> int:
+    inner = path.with_suffix(".inner")
+    size = build_bzip2(inner)
+    with open(inner, "rb") as src, gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as dst:
+        shutil.copyfileobj(src, dst, 16 * MIB)
+    inner.unlink()
+    return size
+
+
+def build_sparse_disk(path: Path) -> int:
+    """2 GiB: each MiB is 29 KiB of seeded random bytes then zeros (written sparse), zstd -3."""
+    raw = path.with_suffix(".raw")
+    rng = random.Random(35)
+    with open(raw, "wb") as out:
+        for mib in range(2048):
+            out.seek(mib * MIB)
+            out.write(rng.randbytes(29 * 1024))
+        out.truncate(2 * GIB)
+    subprocess.run(["zstd", "-q", "-3", "-T0", "-f", str(raw), "-o", str(path)], check=True)
+    raw.unlink()
+    return 2 * GIB
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[Path], int]
+    expect: str  # "accept" or the finding code
+    limit: str | None = None  # --max-image-size
+    file: Path | None = None
+    expanded: int = 0
+    build_s: float = 0.0
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_bomb(self) -> bool:
+        return self.expect != "accept"
+
+
+CASES = [
+    Case("bzip2, 1.1 TiB of zeros", build_bzip2, "compression.ratio"),
+    Case("zstd, 1.1 TiB of zeros (sizes not declared)", build_zstd, "compression.ratio"),
+    Case("xz, 8 GiB of zeros, 4 GiB limit", build_xz, "compression.too_large", "4GiB"),
+    Case("xz, 8 GiB, index cut off, 4 GiB limit", build_xz_no_index, "compression.ratio", "4GiB"),
+    Case("gzip, 8 GiB of zeros, 4 GiB limit", build_gzip, "compression.ratio", "4GiB"),
+    Case("gzip of bzip2, 1.1 TiB of zeros", build_gzip_of_bzip2, "compression.ratio"),
+    Case("legitimate: 2 GiB sparse raw, zstd ~35:1", build_sparse_disk, "accept"),
+]
+
+
+def audit(case: Case, config: Path) -> dict[str, Any]:
+    """One audit in a fresh process: wall time, peak RSS, verdict, codes."""
+    assert case.file is not None
+    command = [str(IMPORTHOOKS), "audit", "--format", "json", "--config", str(config),
+               "--container-format", "compressed", str(case.file)]
+    if case.limit:
+        command[2:2] = ["--max-image-size", case.limit]
+    with tempfile.TemporaryFile() as out:
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        wall = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        report = json.loads(out.read().decode().splitlines()[0])
+    errors = [f for f in report["findings"] if f["severity"] == "error"]
+    return {"wall_s": wall, "pipeline_s": report["elapsed_s"], "rss_mib": usage.ru_maxrss / 1024,
+            "verdict": report["verdict"], "codes": [f["code"] for f in errors],
+            "detail": errors[0]["detail"] if errors else None, "layers": report["layers"]}
+
+
+def summary(case: Case) -> dict[str, Any]:
+    last = case.runs[-1]
+    wall = statistics.median(r["wall_s"] for r in case.runs)
+    rss = max(r["rss_mib"] for r in case.runs)
+    right = all((r["verdict"] == "accept") if not case.is_bomb else (r["codes"][:1] == [case.expect])
+                for r in case.runs)
+    met = right and (not case.is_bomb or (wall <= TARGET_S and rss <= TARGET_RSS_MIB))
+    return {"case": case.name, "file_bytes": case.file.stat().st_size if case.file else None,
+            "expands_to": case.expanded, "build_s": round(case.build_s, 1), "expect": case.expect,
+            "verdict": last["verdict"], "codes": last["codes"], "detail": last["detail"],
+            "wall_s_median": round(wall, 3), "pipeline_s_median": round(statistics.median(
+                r["pipeline_s"] for r in case.runs), 3), "peak_rss_mib": round(rss, 1), "met": met}
+
+
+def readable(size: int) -> str:
+    for unit, scale in (("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'case':46} {'file':>9} {'expands':>9} {'verdict / code':28} {'wall s':>7} {'run s':>6} "
+          f"{'RSS MiB':>8}  target")
+    for row in rows:
+        target = (f"<= {TARGET_S:g} s, <= {TARGET_RSS_MIB} MiB" if row["expect"] != "accept" else "accept")
+        outcome = row["codes"][0] if row["codes"] else row["verdict"]
+        print(f"{row['case']:46} {readable(row['file_bytes']):>9} {readable(row['expands_to']):>9} {outcome:28} "
+              f"{row['wall_s_median']:>7.2f} {row['pipeline_s_median']:>6.2f} {row['peak_rss_mib']:>8.1f}  "
+              f"{target}: {'met' if row['met'] else 'MISSED'}")
+    for row in rows:
+        print(f"  {row['case']}: built in {row['build_s']} s; {row['detail'] or 'no finding'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--dir", type=Path, default=None, help="where the temporary directory goes")
+    parser.add_argument("--runs", type=int, default=3, help="audits of each case (median reported)")
+    parser.add_argument("--only", default=None, help="only cases whose name contains this")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if not IMPORTHOOKS.exists() or shutil.which("zstd") is None:
+        print("needs the importhooks script next to this python and the zstd tool", file=sys.stderr)
+        return 2
+    cases = [c for c in CASES if args.only is None or args.only in c.name]
+    root = Path(tempfile.mkdtemp(prefix="importhooks-bench-bombs-", dir=args.dir))
+    try:
+        if shutil.disk_usage(root).free < GIB:
+            print(f"needs 1 GiB free in {root.parent}", file=sys.stderr)
+            return 2
+        config = root / "config.toml"
+        config.write_text(CONFIG)
+        for number, case in enumerate(cases):
+            case.file = root / f"case-{number}"
+            started = time.monotonic()
+            case.expanded = case.build(case.file)
+            case.build_s = time.monotonic() - started
+        for _ in range(max(1, args.runs)):
+            for case in cases:
+                case.runs.append(audit(case, config))
+        rows = [summary(case) for case in cases]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows)
+    return 0 if all(row["met"] for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
