@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bz2
 import lzma
-import os
 import re
 import zlib
 from typing import Any, NoReturn
@@ -25,6 +24,9 @@ import zstandard
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.data import BudgetedReader
 from importhooks.units import format_size
+
+from ._streaming import SparseWriter, parse_ratio, ratio_exceeded
+from ._xz import XZ_MAGIC, xz_declared_size
 
 SECTION = "compression"
 KIND = "decompressed"
@@ -38,13 +40,7 @@ FEED_SIZE = 64 * KiB
 ZSTD_FEED_SIZE = 256
 #: Most output one gzip, bzip2 or xz decoder call may return.
 OUT_CHUNK = 1 * MiB
-#: The output is written in aligned blocks; all-zero 64 KiB pieces are left as holes.
-BLOCK, HOLE = 1 * MiB, 64 * KiB
-ZERO_BLOCK, ZERO_HOLE = bytes(BLOCK), bytes(HOLE)
 _NONZERO = re.compile(rb"[^\x00]")
-#: xz: the longest index read to learn the declared sizes, and the bytes read to find a footer.
-MAX_XZ_INDEX, XZ_TAIL = 1 * MiB, 64
-XZ_MAGIC = b"\xfd7zXZ\x00"
 #: What each stream starts with; zstd also has skippable frames (0x184D2A5?).
 MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": XZ_MAGIC, "zstd": zstandard.FRAME_HEADER}
 DETAIL_LIMIT = 200
@@ -102,15 +98,9 @@ EMPTY = FindingCode(
 )
 
 
-def _ratio(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-        raise ValueError(f"expected a ratio of 1 or more such as 100, got {value!r}")
-    return float(value)
-
-
 OPTIONS = PluginOptions(SECTION, (
     PluginOption("max_ratio", 100.0, "Most decompressed bytes per compressed byte once the output passes "
-                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=_ratio),
+                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=parse_ratio),
     PluginOption("ratio_grace", 64 * MiB, "Output allowed before max_ratio applies.", size=True),
     PluginOption("max_depth", 2, "Most nested decompressions (gzip of bzip2 is 2)."),
     PluginOption("max_window_size", 128 * MiB, "Most decoder memory a stream may need: the zstd window, "
@@ -226,50 +216,8 @@ class _Source:
                 return True
 
 
-class _SparseWriter:
-    """Writes the output in order, in aligned blocks, leaving every all-zero 64 KiB as a hole."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pending = bytearray()
-        self._flushed = 0
-        self.size = 0
-
-    def write(self, data: bytes) -> None:
-        self.size += len(data)
-        start = 0
-        if self._pending:
-            start = min(len(data), BLOCK - len(self._pending))
-            self._pending += data[:start]
-            if len(self._pending) == BLOCK:
-                self._put(self._pending, 0, BLOCK)
-                self._pending.clear()
-        while len(data) - start >= BLOCK:
-            self._put(data, start, start + BLOCK)
-            start += BLOCK
-        self._pending += data[start:]
-
-    def close(self) -> None:
-        self._put(self._pending, 0, len(self._pending))
-        os.ftruncate(self._fd, self.size)
-
-    def _put(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        offset = self._flushed - start
-        self._flushed += end - start
-        if end - start == BLOCK and buf.startswith(ZERO_BLOCK, start, end):
-            return
-        view = memoryview(buf)
-        for at in range(start, end, HOLE):
-            stop = min(at + HOLE, end)
-            while at < stop and not buf.startswith(ZERO_HOLE[:stop - at], at, stop):
-                written = os.pwrite(self._fd, view[at:stop], offset + at)  # may write less: go on
-                if written <= 0:
-                    raise OSError("pwrite wrote nothing")
-                at += written
-
-
 class _Unpacker:
-    """Decompresses one layer into a :class:`_SparseWriter`, checking every budget as it goes."""
+    """Decompresses one layer into a :class:`SparseWriter`, checking every budget as it goes."""
 
     def __init__(self, context: ImportContext, algorithm: str) -> None:
         self.context = context
@@ -297,7 +245,7 @@ class _Unpacker:
         if declared > self.options["ratio_grace"] and declared > max_ratio * size:
             self.fail(RATIO, f"{where} declares {declared} bytes from {size}, max_ratio {max_ratio:g}")
 
-    def run(self, source: _Source, writer: _SparseWriter) -> None:
+    def run(self, source: _Source, writer: SparseWriter) -> None:
         while source.skip_zeros():
             head = source.peek(18)
             if not _is_start(self.algorithm, head):
@@ -336,7 +284,7 @@ class _Unpacker:
             self._zstd = zstandard.ZstdDecompressor(max_window_size=window)
         return _Decoder("zstd", self._zstd.decompressobj(write_size=OUT_CHUNK))
 
-    def _stream(self, source: _Source, writer: _SparseWriter, decoder: _Decoder) -> None:
+    def _stream(self, source: _Source, writer: SparseWriter, decoder: _Decoder) -> None:
         while True:
             self.context.check()
             piece = source.take(FEED_SIZE)
@@ -371,70 +319,8 @@ class _Unpacker:
         if self.out > self.max_output:
             self.too_large(f"the output passed the limit after {consumed} compressed bytes")
         max_ratio, upload = self.options["max_ratio"], self.context.layers[0].size
-        if self.out > self.options["ratio_grace"] and self.out > max_ratio * min(max(consumed, 1), upload):
+        if ratio_exceeded(self.out, consumed, upload, max_ratio, self.options["ratio_grace"]):
             self.fail(RATIO, f"{self.out} bytes from {consumed} (upload {upload}), max_ratio {max_ratio:g}")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """An xz multibyte integer at ``pos``: (value, next position); ValueError if malformed."""
-    value = 0
-    for i, byte in enumerate(data[pos:pos + 9]):
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if byte == 0 and i:
-                raise ValueError("integer with a needless zero byte")
-            return value, pos + i + 1
-    raise ValueError("integer truncated or longer than 9 bytes")
-
-
-def _xz_index(index: bytes) -> tuple[int, int]:
-    """(bytes of blocks, declared uncompressed size) of one xz index; ValueError if malformed."""
-    if index[:1] != b"\0" or zlib.crc32(index[:-4]) != int.from_bytes(index[-4:], "little"):
-        raise ValueError("bad index indicator or CRC")
-    count, pos = _varint(index, 1)
-    if count > len(index) // 2:
-        raise ValueError(f"{count} records in a {len(index)}-byte index")
-    blocks = uncompressed = 0
-    for _ in range(count):
-        unpadded, pos = _varint(index, pos)
-        size, pos = _varint(index, pos)
-        blocks += (unpadded + 3) & ~3
-        uncompressed += size
-    if (pos + 3) & ~3 != len(index) - 4 or any(index[pos:-4]):
-        raise ValueError("bad index padding")
-    return blocks, uncompressed
-
-
-def xz_declared_size(context: ImportContext) -> int | None:
-    """The uncompressed size the xz indexes declare, read from the end; ``None`` if unreadable.
-
-    Walks the streams backwards (stream padding, footer, index, header) with small
-    reads, at most about one pass over the layer in all. ``None`` skips the early
-    check; decoding judges the data, counting its output.
-    """
-    data = context.data
-    end, total, budget = data.size, 0, data.bytes_read + data.size
-    while end > 0:
-        context.check()
-        tail = data.read_at(max(0, end - XZ_TAIL), min(end, XZ_TAIL)).rstrip(b"\0")  # less stream padding
-        end -= min(end, XZ_TAIL) - len(tail)
-        if len(tail) < 12 or end < 32 or data.bytes_read > budget:
-            return None  # long padding, a tiny file or too many streams: leave it to the decoder
-        footer = tail[-12:]
-        if footer[10:] != b"YZ" or zlib.crc32(footer[4:10]) != int.from_bytes(footer[:4], "little"):
-            return None
-        index_size = (int.from_bytes(footer[4:8], "little") + 1) * 4
-        if index_size > min(MAX_XZ_INDEX, end - 24):
-            return None
-        try:
-            blocks, uncompressed = _xz_index(data.read_at(end - 12 - index_size, index_size))
-        except ValueError:
-            return None
-        start = end - 24 - index_size - blocks
-        if start < 0 or data.read_at(start, 8) != XZ_MAGIC + footer[8:10]:
-            return None
-        total, end = total + uncompressed, start
-    return total
 
 
 @hookimpl
@@ -455,7 +341,7 @@ def importhooks_sanitize(context: ImportContext) -> None:
     out = context.temp_path(".raw")
     try:
         with open(out, "wb") as handle, context.data.open() as source:
-            writer = _SparseWriter(handle.fileno())
+            writer = SparseWriter(handle.fileno())
             unpacker.run(_Source(source), writer)
             writer.close()
     except BaseException:

@@ -35,11 +35,11 @@ virtual size. This plugin replaces the ``virtual_size`` fact with the header's
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from typing import NamedTuple
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
+
+from ._tables import TableEnds, table_chunks
 
 MAGIC = b"QED\x00"
 #: Bytes read for the header; the fixed fields take the first 64.
@@ -184,15 +184,6 @@ def image_size_problem(header: QedHeader, limit: int) -> str | None:
     return None
 
 
-def _native(raw: bytes) -> array[int]:
-    """Little-endian u64 entries as an array in host order."""
-    entries = array("Q")
-    entries.frombytes(raw)
-    if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
-        entries.byteswap()
-    return entries
-
-
 def l1_problem(context: ImportContext, header: QedHeader, max_table: int) -> str | None:
     """Check the L1 table's place, then scan its entries; what is wrong (for ``qed.l1_table``), or None."""
     cluster, offset = header.cluster_size, header.l1_table_offset
@@ -208,16 +199,14 @@ def l1_problem(context: ImportContext, header: QedHeader, max_table: int) -> str
         return f"L1 table {offset:#x}..{offset + table_bytes:#x} runs past the end of the {file_size}-byte file"
     lowest, highest = header.header_size * cluster, file_size - table_bytes
     total = table_bytes // ENTRY_BYTES
-    for first in range(0, total, L1_CHUNK_ENTRIES):
-        count = min(L1_CHUNK_ENTRIES, total - first)
-        raw = context.data.read_at(offset + first * ENTRY_BYTES, count * ENTRY_BYTES)
-        if len(raw) != count * ENTRY_BYTES:
-            return f"L1 table ends at entry {first + len(raw) // ENTRY_BYTES}, past the end of the file"
-        entries = _native(raw)
-        bad = [entry for entry in entries if entry and (entry % cluster or not lowest <= entry <= highest)]
-        if bad:
-            index = first + entries.index(bad[0])
-            return f"L1 entry {index} names an L2 table at {bad[0]:#x}, unaligned or outside the file"
+    try:
+        for first, entries in table_chunks(context.data, offset, total, "Q", L1_CHUNK_ENTRIES):
+            bad = [entry for entry in entries if entry and (entry % cluster or not lowest <= entry <= highest)]
+            if bad:
+                index = first + entries.index(bad[0])
+                return f"L1 entry {index} names an L2 table at {bad[0]:#x}, unaligned or outside the file"
+    except TableEnds as ends:
+        return f"L1 table ends at entry {ends.entry}, past the end of the file"
     return None
 
 

@@ -36,11 +36,11 @@ block size).
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from typing import NamedTuple
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
+
+from ._tables import TableEnds, table_chunks
 
 #: Bytes read for the header: the pre-header and the v1.1 header fill one sector.
 HEADER_BYTES = 512
@@ -191,40 +191,31 @@ def _offsets_problem(header: VdiHeader, file_size: int) -> str | None:
     return None
 
 
-def _native(raw: bytes) -> array[int]:
-    """Little-endian u32 entries as an array in host order."""
-    entries = array("I")
-    entries.frombytes(raw)
-    if sys.byteorder == "big":  # pragma: no cover - little-endian hosts only in CI
-        entries.byteswap()
-    return entries
-
-
 def block_map_problem(context: ImportContext, header: VdiHeader) -> str | None:
     """Scan the block map in chunks; what is wrong with it (for ``vdi.block_map``), or None."""
     in_file = (context.data.size - header.offset_data) // header.block_size
     bound = min(header.blocks_allocated, in_file)
     seen = bytearray(header.blocks_allocated)
     used = 0
-    for first in range(0, header.blocks_in_image, MAP_CHUNK_ENTRIES):
-        count = min(MAP_CHUNK_ENTRIES, header.blocks_in_image - first)
-        raw = context.data.read_at(header.offset_bmap + first * ENTRY_BYTES, count * ENTRY_BYTES)
-        if len(raw) != count * ENTRY_BYTES:
-            return f"block map ends at entry {first + len(raw) // ENTRY_BYTES}, past the end of the file"
-        entries = _native(raw)
-        allocated = [entry for entry in entries if entry < BLOCK_ZERO]
-        if not allocated:
-            continue
-        if max(allocated) >= bound:
-            index = next(i for i, entry in enumerate(entries) if BLOCK_ZERO > entry >= bound)
-            entry = entries[index]
-            where = "past the end of the file" if entry >= in_file else f"beyond blocks_allocated {bound}"
-            return f"entry {first + index} names data block {entry}, {where}"
-        for entry in allocated:
-            if seen[entry]:
-                return f"data block {entry} is mapped twice (again among entries {first}..{first + count - 1})"
-            seen[entry] = 1
-        used += len(allocated)
+    chunks = table_chunks(context.data, header.offset_bmap, header.blocks_in_image, "I", MAP_CHUNK_ENTRIES)
+    try:
+        for first, entries in chunks:
+            allocated = [entry for entry in entries if entry < BLOCK_ZERO]
+            if not allocated:
+                continue
+            if max(allocated) >= bound:
+                index = next(i for i, entry in enumerate(entries) if BLOCK_ZERO > entry >= bound)
+                entry = entries[index]
+                where = "past the end of the file" if entry >= in_file else f"beyond blocks_allocated {bound}"
+                return f"entry {first + index} names data block {entry}, {where}"
+            for entry in allocated:
+                if seen[entry]:
+                    last = first + len(entries) - 1
+                    return f"data block {entry} is mapped twice (again among entries {first}..{last})"
+                seen[entry] = 1
+            used += len(allocated)
+    except TableEnds as ends:
+        return f"block map ends at entry {ends.entry}, past the end of the file"
     if used != header.blocks_allocated:
         return f"{used} entries allocated, header says blocks_allocated {header.blocks_allocated}"
     return None

@@ -35,13 +35,13 @@ from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions,
 from importhooks.data import BudgetedReader
 from importhooks.units import format_size
 
+from ._streaming import SparseWriter, parse_ratio, ratio_exceeded
+
 SECTION = "zip"
 #: Layer kinds counted by ``max_depth``: this plugin's and ``compression``'s.
 UNPACKED_KINDS = frozenset({"decompressed", "extracted"})
 OUTPUT_STEP = 1 << 20  # most output one decompression step makes
 INPUT_STEP = 1 << 16  # compressed bytes read per step
-HOLE = 1 << 16  # all-zero blocks of this size are seeked over, not written
-_ZEROS = bytes(HOLE)
 #: zipfile's reads are capped at this plus 4 KiB per allowed entry (its end-record search reads 64 KiB).
 DIRECTORY_BASE = 128 << 10
 DIRECTORY_PER_ENTRY = 4 << 10
@@ -97,15 +97,9 @@ NAME = _code("name", "The zip archive has entry names that would be unsafe to ex
              "character. Nothing is extracted by name, so this is a warning.", Severity.WARNING)
 
 
-def _ratio(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-        raise ValueError(f"expected a ratio of 1 or more such as 100, got {value!r}")
-    return float(value)
-
-
 OPTIONS = PluginOptions(SECTION, (
     PluginOption("max_ratio", 100.0, "Most output per compressed byte of the member once the output passes "
-                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=_ratio),
+                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=parse_ratio),
     PluginOption("ratio_grace", 64 << 20, "Output allowed before max_ratio applies.", size=True),
     PluginOption("max_depth", 2, "Most nested unpacked layers, zip and compression together (a zip in a zip is 2)."),
     PluginOption("max_entries", 64, "Most central-directory entries; a directory over 128 KiB + 4 KiB per "
@@ -333,16 +327,6 @@ def _outputs(source: _Input, info: zipfile.ZipInfo, options: Mapping[str, Any]) 
         raise _Refuse(CORRUPT, f"{METHODS[info.compress_type]} data: {exc!r}"[:DETAIL_LIMIT]) from None
 
 
-def _write_sparse(sink: io.BufferedWriter, piece: bytes) -> None:
-    """Write ``piece`` at the file's position, seeking over all-zero blocks."""
-    for offset in range(0, len(piece), HOLE):
-        block = piece[offset:offset + HOLE]
-        if block == _ZEROS[:len(block)]:
-            sink.seek(len(block), os.SEEK_CUR)
-        else:
-            sink.write(block)
-
-
 def _extract(context: ImportContext, source: _Input, info: zipfile.ZipInfo, out: Path,
              options: Mapping[str, Any]) -> int:
     """Decompress the member into ``out`` within the budgets; return the real output size."""
@@ -350,6 +334,7 @@ def _extract(context: ImportContext, source: _Input, info: zipfile.ZipInfo, out:
     max_ratio, grace = options["max_ratio"], options["ratio_grace"]
     written = crc = 0
     with open(out, "xb") as sink:
+        writer = SparseWriter(sink.fileno())
         for piece in _outputs(source, info, options):
             context.check()
             written += len(piece)
@@ -358,12 +343,12 @@ def _extract(context: ImportContext, source: _Input, info: zipfile.ZipInfo, out:
                               f"The disk image in the zip archive is larger than the limit of {format_size(limit)}.")
             if written > declared:
                 raise _Refuse(CORRUPT, f"output passed the declared {declared} bytes")
-            if written > grace and written > max_ratio * min(max(source.consumed, 1), upload):
+            if ratio_exceeded(written, source.consumed, upload, max_ratio, grace):
                 raise _Refuse(RATIO, f"{written} bytes from {source.consumed} (upload {upload}), "
                               f"max_ratio {max_ratio:g}")
             crc = zlib.crc32(piece, crc)
-            _write_sparse(sink, piece)
-        sink.truncate(written)
+            writer.write(piece)
+        writer.close()
     if not written:
         raise _Refuse(NO_MEMBER, "the only entry with data decompresses to nothing")
     if written != declared or crc != info.CRC:

@@ -19,6 +19,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from .images import qemu_img_luks
+
 SECTOR = 512
 #: The isolinux files of Debian's isolinux package: an installer-style hybrid ISO's MBR and boot loader.
 ISOHYBRID_MBR = Path("/usr/lib/ISOLINUX/isohdpfx.bin")
@@ -144,8 +146,8 @@ def luks_image(path: Path, size: str = "1M", passphrase: str = "not-a-secret") -
     if made is not None and made.exists():
         shutil.copyfile(made, path)
         return path
-    qemu_img("create", "-q", "-f", "luks", "--object", f"secret,id=sec0,data={passphrase}",
-             "-o", "key-secret=sec0,iter-time=10", str(path), size)
+    qemu_img_luks("create", "-q", "-f", "luks", "--object", f"secret,id=sec0,data={passphrase}",
+                  "-o", "key-secret=sec0,iter-time=10", str(path), size)
     pristine = path.with_name(path.name + ".pristine")  # tests may cut or edit ``path`` itself
     shutil.copyfile(path, pristine)
     _LUKS_MADE[(size, passphrase)] = pristine

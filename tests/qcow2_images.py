@@ -86,12 +86,6 @@ def patch_bytes(path: Path, offset: int, data: bytes) -> Path:
     return path
 
 
-def truncate(path: Path, length: int) -> Path:
-    with open(path, "r+b") as handle:
-        handle.truncate(length)
-    return path
-
-
 def extension(kind: int, data: bytes) -> bytes:
     """One header extension: type, length, data padded to 8 bytes."""
     return struct.pack(">II", kind, len(data)) + data + b"\0" * (-len(data) % 8)

@@ -15,14 +15,11 @@ from importhooks import Claims, ImportRequest, Pipeline, Verdict
 from importhooks.settings import PluginSettings
 
 from . import images
+from .helpers import codes
 
 
 def audit(settings, path: Path, **claims):
     return Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def test_benign_raw_and_qcow2_are_accepted_with_facts(settings, raw_file, tmp_path):

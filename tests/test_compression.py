@@ -18,13 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins.compression import _SparseWriter
+from importhooks_plugins._streaming import SparseWriter
 
 from importhooks import Claims, ConfigError, ImportRequest, Pipeline, Settings, Verdict
 from importhooks.settings import PluginSettings
 
 from . import compression_images as ci
 from . import images
+from .helpers import codes
 
 KINDS = ci.KINDS
 MiB = 1 << 20
@@ -45,10 +46,6 @@ def with_options(settings: Settings, **options: object) -> Settings:
 def audit(settings: Settings, path: Path, store=None, **claims):
     claims.setdefault("container_format", "compressed")
     return Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)), store=store)
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def assert_accepted(result, workdir: Path) -> None:
@@ -444,7 +441,7 @@ def output_chunks(draw: st.DrawFn) -> list[bytes]:
 @given(chunks=output_chunks())
 def test_the_sparse_writer_writes_exactly_what_it_is_given(chunks: list[bytes]) -> None:
     with tempfile.TemporaryFile() as handle:
-        writer = _SparseWriter(handle.fileno())
+        writer = SparseWriter(handle.fileno())
         for chunk in chunks:
             writer.write(chunk)
         writer.close()

@@ -25,6 +25,7 @@ from importhooks.plugins import DEFAULT_PLUGINS
 from importhooks.settings import PluginSettings, StageTimeouts
 
 from . import images, vmdk_images
+from .helpers import codes
 
 QEMU_IMG = shutil.which("qemu-img")
 pytestmark = pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img is not installed")
@@ -53,10 +54,6 @@ class Stored:
 
 def audit(settings, path: Path, *, store: Stored | None = None, claims: Claims | None = None, **options):
     return pipeline(settings, **options).run(ImportRequest(path=path, claims=claims or Claims()), store=store)
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def script(path: Path, body: str) -> Path:

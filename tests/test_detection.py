@@ -21,6 +21,7 @@ from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Settings,
 from importhooks.settings import DISK_FORMATS
 
 from . import disk_builders as b
+from .helpers import codes
 
 Builder = Callable[[Path], Path]
 
@@ -31,10 +32,6 @@ def audit(settings: Settings, path: Path, disk_format: str | None = None) -> Imp
     assert settings.work_dir is not None and list(settings.work_dir.iterdir()) == []
     assert "pipeline.plugin_failed" not in codes(result), result.findings
     return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def with_formats(settings: Settings, *extra: str) -> Settings:

@@ -27,6 +27,7 @@ from importhooks.settings import PluginSettings
 
 from . import ova_images as o
 from . import vmdk_images
+from .helpers import codes
 
 DISK = o.DISK
 
@@ -53,10 +54,6 @@ def audit(settings: Settings, path: Path, workdir: Path | None = None, **claims:
     if workdir is not None:
         assert list(workdir.iterdir()) == [], "the run left files in its temporary directory"
     return result
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def errors(result) -> list[str]:

@@ -11,12 +11,9 @@ the parser must return or raise :class:`OvfError`, nothing else.
 from __future__ import annotations
 
 import random
-import textwrap
 import time
-import tomllib
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -27,6 +24,8 @@ from importhooks_plugins.ovf import DiskRef, FileRef, OvfDescriptor, OvfError, p
 
 from importhooks import ConfigError, Pipeline
 from importhooks.plugins import DEFAULT_PLUGINS
+
+from .helpers import documented_options
 
 NS1 = "http://schemas.dmtf.org/ovf/envelope/1"
 NS2 = "http://schemas.dmtf.org/ovf/envelope/2"
@@ -548,15 +547,8 @@ def test_declares_every_code_and_no_stage_hooks():
     assert (error.code, error.detail, str(error)) == (ovf.HREF, "detail", "ovf.href: detail")
 
 
-def documented_options() -> dict[str, Any]:
-    lines = DOCS.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if "with its defaults" in line) + 2
-    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("   "))
-    return tomllib.loads(textwrap.dedent("\n".join(lines[start:end])))
-
-
 def test_documented_options_are_the_defaults(settings):
-    documented = documented_options()
+    documented = documented_options("containers/ovf.rst")
     pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
     assert pipeline.options["ovf"] == {"max_descriptor_bytes": 1 << 20, "max_files": 64, "max_disks": 16}
     assert set(documented["plugin"]["ovf"]) == set(pipeline.options["ovf"])

@@ -24,6 +24,7 @@ from importhooks import (
 )
 from importhooks.settings import PluginSettings, StageTimeouts
 
+from .helpers import codes
 from .plugin_kit import STAGES, EventLog, InspectOrder, Raiser, Recorder, Sleeper, Swallower
 
 WARNED = FindingCode("kit.warned", "Just a warning.", "Test.", Severity.WARNING)
@@ -40,10 +41,6 @@ def run(settings: Settings, path: Path, *plugins: tuple[str, object], claims: Cl
         killswitch: KillSwitch | None = None):
     pipeline = Pipeline.from_settings(settings, extra_plugins=plugins, killswitch=killswitch)
     return pipeline.run(ImportRequest(path=path, claims=claims or Claims()))
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def test_stages_run_in_order_and_events_bracket_them(settings, raw_file, workdir):

@@ -5,37 +5,18 @@ from __future__ import annotations
 import random
 import shutil
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from importhooks_plugins import qcow2 as plugin
 
-from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Severity, Verdict
+from importhooks import Claims, ImportRequest, Pipeline, Severity, Verdict
 
 from . import images
 from . import qcow2_images as qi
+from .helpers import Copy, audit, codes, copier, rejected_with, truncate
 
 EIB = 1 << 60
-Copy = Callable[[str], Path]
-
-
-def audit(settings, path: Path, **claims) -> ImportResult:
-    result = Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-    failed = [f for f in result.findings if f.code in ("pipeline.plugin_failed", "data.read_budget")]
-    assert not failed, failed  # hostile input ends in a finding, never in a crash or a runaway read
-    return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
-
-
-def rejected_with(settings, path: Path, code: str, **claims) -> ImportResult:
-    result = audit(settings, path, **claims)
-    assert result.verdict is Verdict.REJECT
-    assert code in codes(result), result.findings
-    return result
 
 
 def with_options(settings, **options):
@@ -57,12 +38,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def copy(templates: dict[str, Path], tmp_path: Path) -> Copy:
-    def make(name: str) -> Path:
-        target = tmp_path / f"{name}.qcow2"
-        shutil.copyfile(templates[name], target)
-        return target
-
-    return make
+    return copier(templates, tmp_path, ".qcow2")
 
 
 # -- benign images --------------------------------------------------------------------
@@ -391,7 +367,7 @@ def test_extension_one_byte_past_the_first_cluster(settings, copy: Copy) -> None
 
 def test_extensions_running_past_the_end_of_the_file(settings, copy: Copy) -> None:
     path = qi.set_extensions(copy("v3"), qi.extension(0x1234, b"x" * 3000))
-    result = rejected_with(settings, qi.truncate(path, 1024), "qcow2.header_invalid")
+    result = rejected_with(settings, truncate(path, 1024), "qcow2.header_invalid")
     assert "running past" not in result.findings[0].message  # the user sees the summary only
 
 
@@ -400,12 +376,12 @@ def test_truncated_images_are_rejected(settings, copy: Copy, length: int) -> Non
     # Under 512 bytes oslo.utils does not take the data for a qcow2 (a damaged one); from there on the
     # header parses, but the tables it points to are cut off.
     code = "format.invalid" if length < 512 else "qcow2.l1_table"
-    result = rejected_with(settings, qi.truncate(copy("v3"), length), code)
+    result = rejected_with(settings, truncate(copy("v3"), length), code)
     assert all(f.severity is Severity.ERROR for f in result.findings)
 
 
 def test_v3_header_longer_than_the_file(settings, copy: Copy) -> None:
-    path = qi.truncate(qi.patch_field(copy("v3"), "header_length", 4096), 1024)
+    path = truncate(qi.patch_field(copy("v3"), "header_length", 4096), 1024)
     rejected_with(settings, path, "qcow2.header_invalid")
 
 

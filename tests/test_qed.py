@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import random
-import shutil
-import struct
-import textwrap
-import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from importhooks_plugins import qed as plugin
@@ -18,10 +12,10 @@ from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Verdict
 from importhooks.settings import PluginSettings
 
 from . import images
+from .helpers import Copy, audit, codes, copier, documented_options, patch, rejected_with, truncate, unpack_at
 
 MIB = 1 << 20
 KIB = 1 << 10
-Copy = Callable[[str], Path]
 
 
 @pytest.fixture
@@ -30,39 +24,12 @@ def settings(settings):
     return settings.replace(disk_formats=(*settings.disk_formats, "qed"))
 
 
-def audit(settings, path: Path, **claims) -> ImportResult:
-    result = Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-    failed = [f for f in result.findings if f.code in ("pipeline.plugin_failed", "data.read_budget")]
-    assert not failed, failed  # hostile input ends in a finding, never in a crash or a runaway read
-    return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
-
-
-def rejected_with(settings, path: Path, code: str, **claims) -> ImportResult:
-    result = audit(settings, path, **claims)
-    assert result.verdict is Verdict.REJECT
-    assert code in codes(result), result.findings
-    return result
-
-
 def qed_codes(result: ImportResult) -> list[str]:
     return [c for c in codes(result) if c.startswith("qed.")]
 
 
-def patch(path: Path, offset: int, fmt: str, *values: int | bytes) -> None:
-    """Overwrite little-endian fields of ``path`` in place."""
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        handle.write(struct.pack(fmt, *values))
-
-
 def read_u64(path: Path, offset: int) -> int:
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return int(struct.unpack("<Q", handle.read(8))[0])
+    return unpack_at(path, offset, "<Q")
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +53,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def copy(templates: dict[str, Path], tmp_path: Path) -> Copy:
-    def make(name: str) -> Path:
-        target = tmp_path / f"{name}.qed"
-        shutil.copyfile(templates[name], target)
-        return target
-
-    return make
+    return copier(templates, tmp_path, ".qed")
 
 
 # -- benign ------------------------------------------------------------------------
@@ -250,8 +212,7 @@ def test_max_l1_table_size_option(settings, copy):
 ])
 def test_truncated_qed_is_rejected(settings, copy, length, expected):
     path = copy("empty")
-    with open(path, "r+b") as handle:
-        handle.truncate(length)
+    truncate(path, length)
     result = audit(settings, path)
     if not expected:
         assert result.detected["disk_format"] == "raw"
@@ -296,17 +257,9 @@ def test_random_header_damage_never_crashes(settings, copy):
     assert {"qed.header", "qed.features", "qed.l1_table"} <= seen  # the damage was seen, not ignored
 
 
-def documented_options(page: str) -> dict[str, Any]:
-    """The ``[plugin.X] with its defaults`` TOML block of ``docs/formats/PAGE``, parsed."""
-    lines = (Path(__file__).resolve().parent.parent / "docs" / "formats" / page).read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "with its defaults" in line) + 2
-    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("   "))
-    return tomllib.loads(textwrap.dedent("\n".join(lines[start:end])))
-
-
 def test_documented_options_are_the_defaults(settings):
     section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"{section}.rst")
+    documented = documented_options(f"formats/{section}.rst")
     pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
     defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
     assert pipeline.options[section] == defaults

@@ -23,6 +23,7 @@ from importhooks.plugins import DEFAULT_PLUGINS
 from importhooks.settings import PluginSettings
 
 from . import images
+from .helpers import codes
 
 QEMU_IMG = shutil.which("qemu-img")
 pytestmark = pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img is not installed")
@@ -44,10 +45,6 @@ def pipeline(settings, extra=(), keep=KEEP, **options) -> Pipeline:
 
 def audit(settings, path: Path, extra=(), keep=KEEP, **options):
     return pipeline(settings, extra, keep, **options).run(ImportRequest(path=path, claims=Claims()))
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def script(path: Path, body: str) -> Path:

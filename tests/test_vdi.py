@@ -3,54 +3,21 @@
 from __future__ import annotations
 
 import random
-import shutil
-import struct
-import textwrap
-import tomllib
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from importhooks_plugins import vdi as plugin
 
-from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Verdict
+from importhooks import Claims, ImportRequest, Pipeline, Verdict
 
 from . import images
+from .helpers import Copy, audit, codes, copier, documented_options, patch, rejected_with, truncate, unpack_at
 
 MIB = 1 << 20
-Copy = Callable[[str], Path]
-
-
-def audit(settings, path: Path, **claims) -> ImportResult:
-    result = Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-    failed = [f for f in result.findings if f.code in ("pipeline.plugin_failed", "data.read_budget")]
-    assert not failed, failed  # hostile input ends in a finding, never in a crash or a runaway read
-    return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
-
-
-def rejected_with(settings, path: Path, code: str, **claims) -> ImportResult:
-    result = audit(settings, path, **claims)
-    assert result.verdict is Verdict.REJECT
-    assert code in codes(result), result.findings
-    return result
-
-
-def patch(path: Path, offset: int, fmt: str, *values: int | bytes) -> None:
-    """Overwrite little-endian fields of ``path`` in place."""
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        handle.write(struct.pack(fmt, *values))
 
 
 def read_u32(path: Path, offset: int) -> int:
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return int(struct.unpack("<I", handle.read(4))[0])
+    return unpack_at(path, offset, "<I")
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +43,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def copy(templates: dict[str, Path], tmp_path: Path) -> Copy:
-    def make(name: str) -> Path:
-        target = tmp_path / f"{name}.vdi"
-        shutil.copyfile(templates[name], target)
-        return target
-
-    return make
+    return copier(templates, tmp_path, ".vdi")
 
 
 # -- benign ------------------------------------------------------------------------
@@ -227,8 +189,7 @@ def test_discarded_and_free_markers_are_accepted(settings, copy):
 ])
 def test_truncated_vdi_is_rejected(settings, copy, name, length, expected):
     path = copy(name)
-    with open(path, "r+b") as handle:
-        handle.truncate(length)
+    truncate(path, length)
     result = audit(settings, path)
     assert result.verdict is Verdict.REJECT
     assert expected & set(codes(result)), result.findings
@@ -265,17 +226,9 @@ def test_random_header_and_block_map_damage_never_crashes(settings, copy):
     assert rejected > 20  # the damage was seen, not ignored
 
 
-def documented_options(page: str) -> dict[str, Any]:
-    """The ``[plugin.X] with its defaults`` TOML block of ``docs/formats/PAGE``, parsed."""
-    lines = (Path(__file__).resolve().parent.parent / "docs" / "formats" / page).read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "with its defaults" in line) + 2
-    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("   "))
-    return tomllib.loads(textwrap.dedent("\n".join(lines[start:end])))
-
-
 def test_documented_options_are_the_defaults(settings):
     section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"{section}.rst")
+    documented = documented_options(f"formats/{section}.rst")
     pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
     defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
     assert pipeline.options[section] == defaults

@@ -6,37 +6,23 @@ from __future__ import annotations
 import random
 import shutil
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Severity, Verdict
+from importhooks import ImportResult, Severity, Verdict
 
+from . import helpers
 from . import vhd_images as vi
+from .helpers import Copy, assert_messages_omit, audit, codes, copier, cut_copy
 
 EIB = 1 << 60
 HOST_PATH = "/etc/passwd"
-Copy = Callable[[str], Path]
-
-
-def audit(settings, path: Path, **claims) -> ImportResult:
-    result = Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-    failed = [f for f in result.findings if f.code in ("pipeline.plugin_failed", "data.read_budget")]
-    assert not failed, failed  # hostile input ends in a finding, never in a crash or a runaway read
-    return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def rejected_with(settings, path: Path, code: str, **claims) -> ImportResult:
-    result = audit(settings, path, **claims)
-    assert result.verdict is Verdict.REJECT
-    assert code in codes(result), result.findings
-    for finding in result.findings:  # user messages: no host paths, no image text
-        assert HOST_PATH not in finding.message and str(path) not in finding.message
+    result = helpers.rejected_with(settings, path, code, **claims)
+    assert_messages_omit(result, HOST_PATH, str(path))  # user messages: no host paths, no image text
     return result
 
 
@@ -57,9 +43,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def copy(templates: dict[str, Path], tmp_path: Path) -> Copy:
-    def make(name: str) -> Path:
-        return Path(shutil.copy(templates[name], tmp_path / f"{name}-copy.vhd"))
-    return make
+    return copier(templates, tmp_path, "-copy.vhd")
 
 
 # -- benign ------------------------------------------------------------------------------------
@@ -289,9 +273,7 @@ def test_truncated_dynamic_vhd_is_rejected_at_every_length(settings, copy):
     template = copy("dynamic_data")
     size = template.stat().st_size
     for length in (8, 511, 512, 700, 1536, 2048, size // 2, size - 512, size - 1):
-        path = template.with_name(f"cut-{length}.vhd")
-        path.write_bytes(vi.read_at(template, 0, length))
-        result = audit(settings, path)
+        result = audit(settings, cut_copy(template, length))
         assert result.verdict is Verdict.REJECT, (length, result.findings)
         assert any(c.startswith(("vhd.", "format.")) for c in codes(result)), (length, result.findings)
 

@@ -17,16 +17,13 @@ from importhooks import Claims, ImportRequest, Pipeline, Verdict
 
 from . import images
 from . import vmdk_images as v
+from .helpers import codes
 
 SECTOR = 512
 
 
 def audit(settings, path: Path, **claims):
     return Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-
-
-def codes(result) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def rejected_with(settings, path: Path, code: str, **claims):

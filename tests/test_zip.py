@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import textwrap
 import time
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from importhooks.result import ImportResult
 
 from . import images
 from . import zip_images as zi
+from .helpers import codes, documented_options
 
 SECRET = "SECRET-member.raw"  # never in a user message
 METHOD_NAMES = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
@@ -36,10 +35,6 @@ def audit(settings, path: Path, *, store: Path | None = None, options: dict | No
     assert list(settings.work_dir.iterdir()) == []
     assert all(SECRET not in f.message and "/etc/passwd" not in f.message for f in result.findings)
     return result
-
-
-def codes(result: ImportResult) -> list[str]:
-    return [f.code for f in result.findings]
 
 
 def rejected_with(result: ImportResult, code: str) -> dict:
@@ -239,10 +234,7 @@ def test_unsafe_member_names_are_a_warning_and_never_used(settings, tmp_path):
 
 
 def test_documented_options_are_the_defaults(settings):
-    lines = (Path(__file__).resolve().parent.parent / "docs" / "containers" / "zip.rst").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "with its defaults" in line) + 2
-    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("   "))
-    documented = tomllib.loads(textwrap.dedent("\n".join(lines[start:end])))["plugin"]
+    documented = documented_options("containers/zip.rst")["plugin"]
     pipeline = Pipeline.from_settings(settings.replace(plugin=documented))
     defaults = {option.name: option.default for option in zip_plugin.OPTIONS.options}
     assert pipeline.options["zip"] == defaults and set(documented["zip"]) == set(defaults)

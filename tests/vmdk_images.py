@@ -7,10 +7,10 @@ made, in place, keeping every size and offset that is not the point of the test.
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from random import Random
 
 from .images import qemu_img
 
@@ -42,7 +42,7 @@ def converted(path: Path, subformat: str, random: int = 256 << 10) -> Path:
     """A VMDK converted from a 4 MiB raw disk with ``random`` bytes of noise first and text at the end."""
     raw = path.with_suffix(".raw")
     with open(raw, "wb") as handle:
-        handle.write(os.urandom(random))
+        handle.write(Random(random).randbytes(random))  # seeded: every run builds the same image
         handle.truncate(4 << 20)
         handle.seek((4 << 20) - (64 << 10))
         handle.write(b"importhooks" * 5000)
