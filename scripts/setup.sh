@@ -25,7 +25,7 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 # libarchive-c; the mkfs, partitioning, compression, ISO (xorriso) and LUKS
 # (cryptsetup-bin) tools build test images.
 APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
-              fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs cryptsetup-bin)
+              fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin)
 
 # A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
 # want of ensurepip leaves one without).

@@ -1,0 +1,364 @@
+"""The guest's partition table and the filesystem signature of each partition (issue 6, first piece).
+
+A pure library, no hooks yet: :func:`read_layout` takes a ``read(offset, size)`` callable over the
+*guest* bytes (reached through the disk format's own mapping; a short read at the end of the disk is
+fine) and the guest disk size, and returns a :class:`GuestLayout`. It reads only the few sectors it
+needs, never outside ``[0, disk_size)``, and never more than :data:`READ_CAP` bytes per call, whatever
+the disk size. Anything odd in the layout (a partition past the end, overlapping partitions, a GPT
+with a bad CRC or an absurd entry count, an EBR loop, a boot sector that lies about its sector size)
+becomes a ``(code, detail)`` pair in :attr:`GuestLayout.problems`; a problem never raises. Only an
+exception of the ``read`` callable itself (an I/O error) propagates.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Reader = Callable[[int, int], bytes]
+
+#: The most bytes one :func:`read_layout` call reads; past it the call stops with ``layout.read_budget``.
+READ_CAP = 4 << 20
+#: The most logical partitions followed along an MBR extended partition's EBR chain.
+MAX_EBR = 64
+#: The most GPT entries read; a header claiming more is a ``partition.gpt_entries`` problem.
+MAX_GPT_ENTRIES = 256
+#: GPT sector sizes tried, in order: the header is at LBA 1.
+GPT_SECTOR_SIZES = (512, 4096)
+MBR_SECTOR = 512
+MBR_EXTENDED = frozenset({0x05, 0x0F, 0x85})
+MBR_PROTECTIVE = 0xEE
+#: Filesystems that make a disk look like a Linux guest for :func:`os_hint`.
+LINUX_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "swap", "lvm"})
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition: byte ``start`` and ``size`` on the guest disk.
+
+    ``type_id`` is the MBR type byte (``"0x07"``) or the GPT type GUID (upper case). ``name`` is the
+    GPT partition name: untrusted guest text, kept as is; callers must escape it before showing it.
+    ``filesystem`` is the signature found at the partition start, or None.
+    """
+
+    index: int
+    start: int
+    size: int
+    type_id: str
+    name: str = ""
+    filesystem: str | None = None
+
+
+@dataclass(frozen=True)
+class GuestLayout:
+    """The guest disk's layout: ``partition_table`` is ``"mbr"``, ``"gpt"`` or ``"none"``.
+
+    ``filesystem`` is the filesystem of the whole disk when there is no partition table.
+    ``problems`` are ``(code, detail)`` pairs; ``bytes_read`` is what the call read.
+    """
+
+    partition_table: str
+    partitions: tuple[Partition, ...] = ()
+    filesystem: str | None = None
+    problems: tuple[tuple[str, str], ...] = ()
+    bytes_read: int = 0
+
+
+class _Budget(Exception):
+    """The read cap is reached."""
+
+
+@dataclass
+class _Reader:
+    """Clamps every read to the disk and counts the bytes against :data:`READ_CAP`."""
+
+    read_fn: Reader
+    disk_size: int
+    cap: int = READ_CAP
+    used: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size <= 0 or offset >= self.disk_size:
+            return b""
+        size = min(size, self.disk_size - offset)
+        if self.used + size > self.cap:
+            raise _Budget
+        self.used += size
+        data = self.read_fn(offset, size)
+        return bytes(data[:size])
+
+    def problem(self, code: str, detail: str) -> None:
+        self.problems.append((code, detail))
+
+
+def _u16(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 2], "little") if len(data) >= offset + 2 else 0
+
+
+def _u32(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "little") if len(data) >= offset + 4 else 0
+
+
+# --- filesystem signatures -------------------------------------------------------------------
+
+
+def _boot_sector(reader: _Reader, head: bytes, where: str) -> str | None:
+    """NTFS, exFAT or FAT from a boot sector, checking its bytes-per-sector (exFAT: its shift)."""
+    if head[3:11] == b"EXFAT   ":
+        shift = head[108] if len(head) > 108 else 0
+        if not 9 <= shift <= 12:
+            reader.problem("partition.sector_size", f"{where}: exFAT bytes-per-sector shift {shift}")
+            return None
+        return "exfat"
+    kind = None
+    if head[3:11] == b"NTFS    ":
+        kind = "ntfs"
+    elif head[82:87] == b"FAT32" or head[54:59] in (b"FAT12", b"FAT16", b"FAT  "):
+        kind = "vfat"
+    if kind is None:
+        return None
+    sector = _u16(head, 11)
+    if sector not in (512, 1024, 2048, 4096):
+        reader.problem("partition.sector_size", f"{where}: {kind} boot sector says {sector} bytes per sector")
+        return None
+    return kind
+
+
+def _ext(head: bytes) -> str | None:
+    """ext2/3/4 from the superblock at 1024: extents, 64bit or flex_bg → ext4, a journal → ext3."""
+    sb = head[1024:2048]
+    if sb[56:58] != b"\x53\xef":
+        return None
+    compat, incompat = _u32(sb, 0x5C), _u32(sb, 0x60)
+    if incompat & (0x40 | 0x80 | 0x200):
+        return "ext4"
+    return "ext3" if compat & 0x4 else "ext2"
+
+
+def _probe(reader: _Reader, base: int, size: int, where: str) -> str | None:
+    """The filesystem whose signature is at byte ``base`` of a region of ``size`` bytes, or None."""
+    head = reader.read(base, min(size, 4096))
+    if head[:6] == b"LUKS\xba\xbe":
+        return "luks"
+    if head[:4] == b"XFSB":
+        return "xfs"
+    found = _boot_sector(reader, head, where)
+    if found is not None or head[3:11] in (b"NTFS    ", b"EXFAT   "):
+        return found
+    if head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
+        return "swap"
+    for sector in range(4):
+        label = head[sector * 512 : sector * 512 + 32]
+        if label[:8] == b"LABELONE" and label[24:32] == b"LVM2 001":
+            return "lvm"
+    found = _ext(head)
+    if found is not None:
+        return found
+    if size >= (64 << 10) + 72 and reader.read(base + (64 << 10) + 64, 8) == b"_BHRfS_M":
+        return "btrfs"
+    return _optical(reader, base, size)
+
+
+def _optical(reader: _Reader, base: int, size: int) -> str | None:
+    """ISO 9660 or UDF from the volume recognition sequence at 32 KiB (2 KiB descriptors)."""
+    iso = False
+    for number in range(16):
+        offset = (32 << 10) + 2048 * number
+        if offset + 6 > size:
+            break
+        ident = reader.read(base + offset, 6)[1:6]
+        if ident in (b"NSR02", b"NSR03"):
+            return "udf"
+        if ident == b"CD001":
+            iso = True
+        elif ident not in (b"BEA01", b"BOOT2", b"CDW02", b"TEA01"):
+            break
+    return "iso9660" if iso else None
+
+
+# --- partition tables ------------------------------------------------------------------------
+
+
+def _mbr_entries(sector: bytes) -> list[tuple[int, int, int, int]]:
+    """The four ``(status, type, first LBA, sectors)`` entries of an MBR or EBR sector."""
+    return [struct.unpack_from("<B3xB3xII", sector, 446 + 16 * n) for n in range(4)]
+
+
+def _mbr(reader: _Reader, sector0: bytes, parts: list[Partition]) -> None:
+    """The primary entries, then the logical partitions of the first extended partition's EBR chain."""
+    extended: tuple[int, int] | None = None
+    for number, (status, ptype, first, count) in enumerate(_mbr_entries(sector0), start=1):
+        if ptype == 0:
+            continue
+        if status not in (0x00, 0x80):
+            reader.problem("partition.mbr_invalid", f"entry {number}: status byte 0x{status:02x}")
+            continue
+        if count == 0:
+            reader.problem("partition.mbr_invalid", f"entry {number}: type 0x{ptype:02x} of zero sectors")
+            continue
+        if ptype in MBR_EXTENDED:
+            if extended is None:
+                extended = (first, count)
+            else:
+                reader.problem("partition.mbr_invalid", f"entry {number}: a second extended partition")
+            continue
+        if ptype == MBR_PROTECTIVE:
+            reader.problem("partition.gpt_missing", f"entry {number}: protective MBR entry but no GPT header")
+        parts.append(Partition(number, first * MBR_SECTOR, count * MBR_SECTOR, f"0x{ptype:02x}"))
+    if extended is not None:
+        _ebr_chain(reader, extended, parts)
+
+
+def _ebr_chain(reader: _Reader, extended: tuple[int, int], parts: list[Partition]) -> None:
+    ext_first, ext_count = extended
+    seen: set[int] = set()
+    ebr = ext_first
+    index = 5
+    while True:
+        if ebr in seen:
+            reader.problem("partition.ebr_loop", f"EBR chain returns to sector {ebr}")
+            return
+        if len(seen) >= MAX_EBR:
+            reader.problem("partition.ebr_count", f"more than {MAX_EBR} logical partitions")
+            return
+        seen.add(ebr)
+        sector = reader.read(ebr * MBR_SECTOR, MBR_SECTOR)
+        if len(sector) < MBR_SECTOR or sector[510:512] != b"\x55\xaa":
+            reader.problem("partition.mbr_invalid", f"EBR at sector {ebr}: no boot signature")
+            return
+        entries = _mbr_entries(sector)
+        _status, ptype, first, count = entries[0]
+        if ptype != 0 and count:
+            parts.append(Partition(index, (ebr + first) * MBR_SECTOR, count * MBR_SECTOR, f"0x{ptype:02x}"))
+            index += 1
+        _status, next_type, next_first, _next_count = entries[1]
+        if next_type not in MBR_EXTENDED:
+            return
+        if next_first >= ext_count:
+            reader.problem("partition.past_end", f"EBR at sector {ebr}: next EBR outside the extended partition")
+            return
+        ebr = ext_first + next_first
+
+
+def _gpt_header(reader: _Reader) -> tuple[int, bytes] | None:
+    """``(sector size, header sector)`` of the first GPT header found at LBA 1, or None."""
+    for sector in GPT_SECTOR_SIZES:
+        header = reader.read(sector, sector if sector == 512 else 512)
+        if header[:8] == b"EFI PART":
+            return sector, header
+    return None
+
+
+def _gpt(reader: _Reader, sector: int, header: bytes, sector0: bytes, parts: list[Partition]) -> None:
+    """Check the header and entries CRCs and the entry geometry, then read the entries."""
+    types = [e[1] for e in _mbr_entries(sector0)] if sector0[510:512] == b"\x55\xaa" else []
+    if MBR_PROTECTIVE not in types:
+        if any(types):  # hybrid ISOs do this; firmware may then follow either table
+            reader.problem("partition.gpt_hybrid_mbr", "sector 0 holds an MBR of its own beside the GPT")
+        else:
+            reader.problem("partition.gpt_protective_mbr", "no protective MBR entry (type 0xee) in sector 0")
+    size = _u32(header, 12)
+    if not 92 <= size <= len(header):
+        reader.problem("partition.gpt_header", f"header size {size}")
+        return
+    stored = _u32(header, 16)
+    if zlib.crc32(header[:16] + b"\0\0\0\0" + header[20:size]) != stored:
+        reader.problem("partition.gpt_crc", "GPT header CRC32 does not match")
+        return
+    entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
+    if not 128 <= entry_size <= 4096 or entry_size % 8:
+        reader.problem("partition.gpt_entry_size", f"entry size {entry_size}")
+        return
+    if count > MAX_GPT_ENTRIES:
+        reader.problem("partition.gpt_entries", f"{count} entries (at most {MAX_GPT_ENTRIES} are read)")
+        return
+    offset, length = entries_lba * sector, count * entry_size
+    if entries_lba < 2 or offset + length > reader.disk_size:
+        reader.problem("partition.gpt_entries", f"entries array at LBA {entries_lba} is outside the disk")
+        return
+    table = reader.read(offset, length)
+    if zlib.crc32(table) != entries_crc:
+        reader.problem("partition.gpt_crc", "GPT entries array CRC32 does not match")
+        return
+    for number in range(count):
+        entry = table[number * entry_size : number * entry_size + 128]
+        if entry[:16] == bytes(16):
+            continue
+        first, last = struct.unpack_from("<QQ", entry, 32)
+        type_id = str(uuid.UUID(bytes_le=entry[:16])).upper()
+        name = entry[56:128].decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        if last < first:
+            reader.problem("partition.bad_range", f"entry {number + 1}: last LBA {last} before first {first}")
+            continue
+        parts.append(Partition(number + 1, first * sector, (last - first + 1) * sector, type_id, name))
+
+
+def _check_ranges(reader: _Reader, parts: list[Partition]) -> None:
+    """Report partitions past the disk end and overlapping pairs."""
+    for part in parts:
+        if part.start + part.size > reader.disk_size:
+            reader.problem("partition.past_end", f"partition {part.index} ends at byte {part.start + part.size} "
+                           f"of a {reader.disk_size}-byte disk")
+    ordered = sorted(parts, key=lambda p: (p.start, p.index))
+    reach: Partition | None = None  # the partition reaching furthest so far
+    for part in ordered:
+        if reach is not None and part.start < reach.start + reach.size:
+            reader.problem("partition.overlap", f"partitions {reach.index} and {part.index} overlap")
+        if reach is None or part.start + part.size > reach.start + reach.size:
+            reach = part
+
+
+def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP) -> GuestLayout:
+    """The partition table, partitions and filesystem signatures of the guest disk behind ``read``."""
+    reader = _Reader(read, max(disk_size, 0), cap)
+    table = "none"
+    parts: list[Partition] = []
+    whole: str | None = None
+    try:
+        sector0 = reader.read(0, MBR_SECTOR)
+        gpt = _gpt_header(reader)
+        if gpt is not None:
+            table = "gpt"
+            _gpt(reader, gpt[0], gpt[1], sector0, parts)
+        elif sector0[510:512] == b"\x55\xaa" and _is_mbr(sector0):
+            table = "mbr"
+            _mbr(reader, sector0, parts)
+        _check_ranges(reader, parts)
+        if table == "none":
+            whole = _probe(reader, 0, reader.disk_size, "disk")
+        else:
+            for number, part in enumerate(parts):
+                if part.start < reader.disk_size:
+                    fs = _probe(reader, part.start, part.size, f"partition {part.index}")
+                    parts[number] = Partition(part.index, part.start, part.size, part.type_id, part.name, fs)
+    except _Budget:
+        reader.problem("layout.read_budget", f"stopped after reading {reader.used} bytes (cap {reader.cap})")
+    return GuestLayout(table, tuple(parts), whole, tuple(reader.problems), reader.used)
+
+
+def _is_mbr(sector0: bytes) -> bool:
+    """A 0x55AA sector 0 is an MBR unless it is a filesystem's boot sector (NTFS, exFAT, FAT)."""
+    if sector0[3:11] in (b"NTFS    ", b"EXFAT   "):
+        return False
+    return not (sector0[82:87] == b"FAT32" or sector0[54:59] in (b"FAT12", b"FAT16", b"FAT  "))
+
+
+def os_hint(layout: GuestLayout) -> str | None:
+    """A first guess at the guest OS from its filesystems: the heuristic issue 6 will refine.
+
+    ``"windows"`` if any partition (or the whole disk) is NTFS, ``"linux"`` if every recognised
+    filesystem is a Linux one (ext2/3/4, XFS, Btrfs, swap, LVM; a FAT EFI system partition is allowed
+    beside them) and there is at least one, else None. Encrypted (LUKS) or unknown partitions give no
+    evidence either way.
+    """
+    found = [p.filesystem for p in layout.partitions if p.filesystem is not None]
+    if layout.filesystem is not None:
+        found.append(layout.filesystem)
+    if "ntfs" in found:
+        return "windows"
+    linux = [fs for fs in found if fs in LINUX_FILESYSTEMS]
+    return "linux" if linux and all(fs in LINUX_FILESYSTEMS | {"vfat", "luks"} for fs in found) else None

@@ -1,0 +1,100 @@
+"""Real guest disks for the guest layout tests: ``sfdisk`` partition tables with real filesystems.
+
+Each filesystem is made by its own ``mkfs`` in a separate (sparse) file, then spliced into the
+partitioned image at its partition's offset with Python: no loop devices, no root. The splice
+copies only the non-zero chunks, so a 300 MiB XFS partition stays sparse.
+
+System packages (Debian), beside those of :mod:`tests.disk_builders`: util-linux (``mkswap``),
+btrfs-progs (``mkfs.btrfs``).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+from .disk_builders import run
+
+MIB = 1 << 20
+#: mkfs commands for a filesystem spanning the whole file, the file given last.
+MKFS: dict[str, tuple[str, ...]] = {
+    "ext4": ("mkfs.ext4", "-q", "-F"),
+    "ext2": ("mkfs.ext2", "-q", "-F"),
+    "xfs": ("mkfs.xfs", "-q", "-f"),
+    "vfat": ("mkfs.vfat",),
+    "ntfs": ("mkntfs", "-q", "-F", "-f"),
+    "exfat": ("mkfs.exfat",),
+    "swap": ("mkswap",),
+    "btrfs": ("mkfs.btrfs", "-q", "-f"),
+}
+#: The size of each filesystem's partition (about the smallest its mkfs accepts).
+SIZE = {"ext4": 8 * MIB, "ext2": 8 * MIB, "xfs": 300 * MIB, "vfat": 8 * MIB, "ntfs": 8 * MIB,
+        "exfat": 8 * MIB, "swap": 4 * MIB, "btrfs": 120 * MIB}
+MBR_TYPE = {"ext4": "83", "ext2": "83", "xfs": "83", "btrfs": "83", "swap": "82", "vfat": "c", "ntfs": "7",
+            "exfat": "7"}
+LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+GPT_TYPE = {"swap": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F", "vfat": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "ntfs": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "exfat": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"}
+
+
+def filesystem_file(path: Path, kind: str) -> Path:
+    """A sparse file of :data:`SIZE` holding a filesystem of ``kind`` made by its ``mkfs``."""
+    with open(path, "wb") as handle:
+        handle.truncate(SIZE[kind])
+    run(*MKFS[kind], str(path))
+    return path
+
+
+def splice(image: Path, offset: int, source: Path, chunk: int = MIB) -> None:
+    """Copy ``source`` into ``image`` at ``offset``, skipping all-zero chunks (the image stays sparse)."""
+    with open(source, "rb") as src, open(image, "r+b") as dst:
+        position = 0
+        while data := src.read(chunk):
+            if data.count(0) != len(data):
+                dst.seek(offset + position)
+                dst.write(data)
+            position += len(data)
+
+
+def partitioned_disk(path: Path, label: str, kinds: list[str]) -> list[int]:
+    """A raw disk with an ``sfdisk`` table (``label`` ``dos`` or ``gpt``) of one partition per filesystem
+    of ``kinds``, each made by its mkfs and spliced in; returns the partitions' byte offsets."""
+    starts: list[int] = []
+    lines = [f"label: {label}"]
+    position = MIB
+    for kind in kinds:
+        starts.append(position)
+        kind_type = MBR_TYPE[kind] if label == "dos" else GPT_TYPE.get(kind, LINUX_FS_GUID)
+        lines.append(f"start={position // 512}, size={SIZE[kind] // 512}, type={kind_type}")
+        position += SIZE[kind]
+    with open(path, "wb") as handle:
+        handle.truncate(position + MIB)  # room for the backup GPT
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path), stdin=("\n".join(lines) + "\n").encode())
+    for index, (kind, start) in enumerate(zip(kinds, starts, strict=True)):
+        splice(path, start, filesystem_file(path.with_name(f"{path.name}.p{index + 1}"), kind))
+    return starts
+
+
+def extended_disk(path: Path) -> Path:
+    """An MBR disk: three primary partitions, an extended one (4, at sector 6144) holding two logical
+    ones (5 at sector 8192, 6 after it where sfdisk puts it), each 1024 sectors (``sfdisk``)."""
+    with open(path, "wb") as handle:
+        handle.truncate(8 * MIB)
+    script = ("label: dos\nstart=2048, size=1024, type=83\nstart=3072, size=1024, type=83\n"
+              "start=4096, size=1024, type=83\nstart=6144, size=8192, type=5\n"
+              "start=8192, size=1024, type=83\nsize=1024, type=83\n")
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path), stdin=script.encode())
+    return path
+
+
+def fix_gpt_header_crc(path: Path, sector: int = 512) -> None:
+    """Recompute the primary GPT header's CRC32 after an edit (so the edit itself is what is tested)."""
+    with open(path, "r+b") as handle:
+        handle.seek(sector)
+        header = bytearray(handle.read(sector))
+        (size,) = struct.unpack_from("<I", header, 12)
+        header[16:20] = bytes(4)
+        struct.pack_into("<I", header, 16, zlib.crc32(bytes(header[:size])))
+        handle.seek(sector)
+        handle.write(header)
