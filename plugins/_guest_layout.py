@@ -29,9 +29,11 @@ MAX_GPT_ENTRIES = 256
 #: GPT sector sizes tried, in order: the header is at LBA 1.
 GPT_SECTOR_SIZES = (512, 4096)
 MBR_SECTOR = 512
+#: The bytes from a partition's start that its filesystem probe may read (Btrfs's superblock at 64 KiB).
+PROBE_SPAN = (64 << 10) + 512
 MBR_EXTENDED = frozenset({0x05, 0x0F, 0x85})
 MBR_PROTECTIVE = 0xEE
-#: Filesystems that make a disk look like a Linux guest for :func:`os_hint`.
+#: Filesystems that make a disk look like a Linux guest for :func:`os_evidence`.
 LINUX_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "swap", "lvm"})
 
 
@@ -253,37 +255,41 @@ def _gpt_header(reader: _Reader) -> tuple[int, bytes] | None:
     return None
 
 
-def _gpt(reader: _Reader, sector: int, header: bytes, sector0: bytes, parts: list[Partition]) -> None:
-    """Check the header and entries CRCs and the entry geometry, then read the entries."""
+def _protective_mbr(reader: _Reader, sector0: bytes) -> None:
+    """A GPT disk's sector 0 should hold a protective MBR (one entry of type 0xee)."""
     types = [e[1] for e in _mbr_entries(sector0)] if sector0[510:512] == b"\x55\xaa" else []
     if MBR_PROTECTIVE not in types:
         if any(types):  # hybrid ISOs do this; firmware may then follow either table
             reader.problem("partition.gpt_hybrid_mbr", "sector 0 holds an MBR of its own beside the GPT")
         else:
             reader.problem("partition.gpt_protective_mbr", "no protective MBR entry (type 0xee) in sector 0")
+
+
+def _gpt(reader: _Reader, sector: int, header: bytes, parts: list[Partition], which: str) -> bool:
+    """Check a GPT header's and entries' CRCs and geometry, then read the entries; False if unusable."""
     size = _u32(header, 12)
     if not 92 <= size <= len(header):
-        reader.problem("partition.gpt_header", f"header size {size}")
-        return
+        reader.problem("partition.gpt_header", f"{which} header size {size}")
+        return False
     stored = _u32(header, 16)
     if zlib.crc32(header[:16] + b"\0\0\0\0" + header[20:size]) != stored:
-        reader.problem("partition.gpt_crc", "GPT header CRC32 does not match")
-        return
+        reader.problem("partition.gpt_crc", f"{which} GPT header CRC32 does not match")
+        return False
     entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
     if not 128 <= entry_size <= 4096 or entry_size % 8:
-        reader.problem("partition.gpt_entry_size", f"entry size {entry_size}")
-        return
+        reader.problem("partition.gpt_entry_size", f"{which} entry size {entry_size}")
+        return False
     if count > MAX_GPT_ENTRIES:
-        reader.problem("partition.gpt_entries", f"{count} entries (at most {MAX_GPT_ENTRIES} are read)")
-        return
+        reader.problem("partition.gpt_entries", f"{which}: {count} entries (at most {MAX_GPT_ENTRIES} are read)")
+        return False
     offset, length = entries_lba * sector, count * entry_size
     if entries_lba < 2 or offset + length > reader.disk_size:
-        reader.problem("partition.gpt_entries", f"entries array at LBA {entries_lba} is outside the disk")
-        return
+        reader.problem("partition.gpt_entries", f"{which} entries array at LBA {entries_lba} is outside the disk")
+        return False
     table = reader.read(offset, length)
     if zlib.crc32(table) != entries_crc:
-        reader.problem("partition.gpt_crc", "GPT entries array CRC32 does not match")
-        return
+        reader.problem("partition.gpt_crc", f"{which} GPT entries array CRC32 does not match")
+        return False
     for number in range(count):
         entry = table[number * entry_size : number * entry_size + 128]
         if entry[:16] == bytes(16):
@@ -295,6 +301,21 @@ def _gpt(reader: _Reader, sector: int, header: bytes, sector0: bytes, parts: lis
             reader.problem("partition.bad_range", f"entry {number + 1}: last LBA {last} before first {first}")
             continue
         parts.append(Partition(number + 1, first * sector, (last - first + 1) * sector, type_id, name))
+    return True
+
+
+def _backup_gpt(reader: _Reader, parts: list[Partition]) -> bool:
+    """Read the backup GPT in the disk's last sector, as UEFI firmware does when the primary is bad."""
+    for sector in GPT_SECTOR_SIZES:
+        if reader.disk_size < 3 * sector:
+            continue
+        header = reader.read(reader.disk_size - sector, 512)
+        if header[:8] == b"EFI PART":
+            if _gpt(reader, sector, header, parts, "backup"):
+                reader.problem("partition.gpt_backup_used", "the primary GPT is unusable; its backup was read")
+                return True
+            return False
+    return False
 
 
 def _check_ranges(reader: _Reader, parts: list[Partition]) -> None:
@@ -312,8 +333,13 @@ def _check_ranges(reader: _Reader, parts: list[Partition]) -> None:
             reach = part
 
 
-def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP) -> GuestLayout:
-    """The partition table, partitions and filesystem signatures of the guest disk behind ``read``."""
+def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP,
+                prefetch: Callable[[list[tuple[int, int]]], None] | None = None) -> GuestLayout:
+    """The partition table, partitions and filesystem signatures of the guest disk behind ``read``.
+
+    ``prefetch``, if given, is told the ``(offset, size)`` ranges the partition probes are about to
+    read, so that a costly reader (one ``qemu-img`` run per miss) can fetch them all at once.
+    """
     reader = _Reader(read, max(disk_size, 0), cap)
     table = "none"
     parts: list[Partition] = []
@@ -321,9 +347,15 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP) -> GuestLa
     try:
         sector0 = reader.read(0, MBR_SECTOR)
         gpt = _gpt_header(reader)
+        protective = sector0[510:512] == b"\x55\xaa" and MBR_PROTECTIVE in [e[1] for e in _mbr_entries(sector0)]
         if gpt is not None:
             table = "gpt"
-            _gpt(reader, gpt[0], gpt[1], sector0, parts)
+            _protective_mbr(reader, sector0)
+            if not _gpt(reader, gpt[0], gpt[1], parts, "primary"):
+                _backup_gpt(reader, parts)
+        elif protective and _backup_gpt(reader, parts):
+            table = "gpt"
+            reader.problem("partition.gpt_missing", "no primary GPT header at LBA 1")
         elif sector0[510:512] == b"\x55\xaa" and _is_mbr(sector0):
             table = "mbr"
             _mbr(reader, sector0, parts)
@@ -331,6 +363,8 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP) -> GuestLa
         if table == "none":
             whole = _probe(reader, 0, reader.disk_size, "disk")
         else:
+            if prefetch is not None:
+                prefetch([(p.start, min(p.size, PROBE_SPAN)) for p in parts if p.start < reader.disk_size])
             for number, part in enumerate(parts):
                 if part.start < reader.disk_size:
                     fs = _probe(reader, part.start, part.size, f"partition {part.index}")
@@ -347,18 +381,42 @@ def _is_mbr(sector0: bytes) -> bool:
     return not (sector0[82:87] == b"FAT32" or sector0[54:59] in (b"FAT12", b"FAT16", b"FAT  "))
 
 
-def os_hint(layout: GuestLayout) -> str | None:
-    """A first guess at the guest OS from its filesystems: the heuristic issue 6 will refine.
+#: GPT partition types only Windows makes.
+WINDOWS_GPT_TYPES = {
+    "E3C9E316-0B5C-4DB8-817D-F92DF00215AE": "Microsoft reserved partition",
+    "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC": "Windows recovery partition",
+}
 
-    ``"windows"`` if any partition (or the whole disk) is NTFS, ``"linux"`` if every recognised
-    filesystem is a Linux one (ext2/3/4, XFS, Btrfs, swap, LVM; a FAT EFI system partition is allowed
-    beside them) and there is at least one, else None. Encrypted (LUKS) or unknown partitions give no
-    evidence either way.
+
+@dataclass(frozen=True)
+class OsEvidence:
+    """What in a layout points at Windows or Linux, each as a short description (``"partition 2: ntfs"``)."""
+
+    windows: tuple[str, ...] = ()
+    linux: tuple[str, ...] = ()
+
+    @property
+    def detected(self) -> str:
+        """``windows`` if anything points at Windows (it wins: licences follow it), ``linux``, or ``unknown``."""
+        return "windows" if self.windows else "linux" if self.linux else "unknown"
+
+
+def os_evidence(layout: GuestLayout) -> OsEvidence:
+    """Windows evidence: an NTFS filesystem, or a GPT partition type only Windows makes.
+
+    Linux evidence: ext2/3/4, XFS, Btrfs, swap or an LVM physical volume. FAT (an EFI system
+    partition), exFAT, ISO 9660, UDF and LUKS point at neither.
     """
-    found = [p.filesystem for p in layout.partitions if p.filesystem is not None]
+    windows: list[str] = []
+    linux: list[str] = []
+    found = [(f"partition {p.index}", p.filesystem, p.type_id) for p in layout.partitions]
     if layout.filesystem is not None:
-        found.append(layout.filesystem)
-    if "ntfs" in found:
-        return "windows"
-    linux = [fs for fs in found if fs in LINUX_FILESYSTEMS]
-    return "linux" if linux and all(fs in LINUX_FILESYSTEMS | {"vfat", "luks"} for fs in found) else None
+        found.append(("whole disk", layout.filesystem, ""))
+    for where, filesystem, type_id in found:
+        if filesystem == "ntfs":
+            windows.append(f"{where}: ntfs")
+        elif filesystem in LINUX_FILESYSTEMS:
+            linux.append(f"{where}: {filesystem}")
+        if type_id in WINDOWS_GPT_TYPES:
+            windows.append(f"{where}: {WINDOWS_GPT_TYPES[type_id]}")
+    return OsEvidence(tuple(windows), tuple(linux))

@@ -19,6 +19,7 @@ Shared by ``qemu_img`` (``qemu-img info`` in ``inspect``) and ``conversion``
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,10 +30,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from oslo_concurrency import processutils
 
-from importhooks import ImportContext
+from importhooks import ImportContext, PluginOption
 from importhooks.units import parse_duration, parse_size
 
 #: Glance disk format -> qemu block driver. An ISO is read by qemu as a raw disk.
@@ -286,3 +288,68 @@ def run(
         raise
     watcher.finish()
     return bytes(stdout)
+
+
+# -- options and guest reads shared by the plugins ----------------------------------------
+
+
+def limit_options(command: str, *, address_space: int, cpu_time: int, timeout: float,
+                  stage: str) -> tuple[PluginOption, ...]:
+    """The four options of a plugin that runs ``qemu-img COMMAND``: program, memory, CPU and wall time."""
+    return (
+        PluginOption("binary", "qemu-img", "The qemu-img program: a name looked up in PATH, or a path.",
+                     parse=binary_name),
+        PluginOption("address_space", address_space, f"Address-space limit of qemu-img {command}.", size=True,
+                     parse=positive_size),
+        PluginOption("cpu_time", cpu_time, f"CPU-time limit of qemu-img {command}, in whole seconds.",
+                     parse=positive_int),
+        PluginOption("timeout", timeout, f"Wall-time limit of one qemu-img {command}; never more than what is "
+                     f"left of the {stage} stage's budget.", parse=positive_duration),
+    )
+
+
+def limits_of(options: Mapping[str, Any], file_size: int | None = None) -> Limits:
+    """The :class:`Limits` from a plugin's resolved :func:`limit_options`."""
+    return Limits(options["address_space"], options["cpu_time"], options["timeout"], file_size=file_size)
+
+
+#: Drivers that can name a backing file; guest reads open them with ``"backing": null``.
+BACKING_DRIVERS = frozenset({"qcow2", "qed", "vmdk"})
+
+
+def guest_slice(path: Path, driver: str, offset: int, size: int) -> str:
+    """A ``json:`` source qemu reads as ``size`` bytes of the guest disk in ``path`` from ``offset``.
+
+    A ``raw`` node slices the format node below it, which reads only the file ``path``
+    (pipeline-chosen, serialised by :func:`json.dumps`) and never a backing file.
+    ``offset`` and ``size`` must be multiples of 512.
+    """
+    node: dict[str, Any] = {"driver": driver, "file": {"driver": "file", "filename": str(path)}}
+    if driver in BACKING_DRIVERS:
+        node["backing"] = None
+    return "json:" + json.dumps({"driver": "raw", "offset": offset, "size": size, "file": node})
+
+
+def read_guest(context: ImportContext, program: str, path: Path, driver: str,
+               ranges: Sequence[tuple[int, int]], limits: Limits) -> bytes:
+    """The guest bytes of ``ranges`` (``(offset, size)``, multiples of 512), concatenated, read by qemu-img.
+
+    One ``qemu-img convert`` concatenates the slices into a raw file from
+    ``context.temp_path()``, read back and removed. Raises :class:`QemuError`.
+    """
+    total = sum(size for _offset, size in ranges)
+    out = context.temp_path(".raw")
+    sources = [guest_slice(path, driver, offset, size) for offset, size in ranges]
+    limits = Limits(limits.address_space, limits.cpu_time, limits.timeout, file_size=total + (1 << 20))
+    try:
+        run(context, program, ("convert", "--force-share", "-O", "raw", *sources, str(out)), limits,
+            label=f"qemu-img convert (guest read, {driver})")
+        with open(out, "rb") as handle:
+            data = handle.read(total + 1)
+    except OSError as exc:
+        raise QemuError(FAILED, f"guest read output unreadable: {exc!r}") from None
+    finally:
+        out.unlink(missing_ok=True)
+    if len(data) != total:
+        raise QemuError(FAILED, f"guest read returned {len(data)} bytes, expected {total}")
+    return data

@@ -113,14 +113,7 @@ def importhooks_plugin_options() -> PluginOptions:
                      "vdi; empty: no conversion.", parse=_target),
         PluginOption("output_options", (), "qemu-img -o options of the output, e.g. [\"compat=1.1\"].",
                      parse=_output_options),
-        PluginOption("binary", "qemu-img", "The qemu-img program: a name looked up in PATH, or a path.",
-                     parse=_qemu.binary_name),
-        PluginOption("address_space", 1 << 30, "Address-space limit of qemu-img convert.", size=True,
-                     parse=_qemu.positive_size),
-        PluginOption("cpu_time", 1800, "CPU-time limit of qemu-img convert, in whole seconds.",
-                     parse=_qemu.positive_int),
-        PluginOption("timeout", 1800.0, "Wall-time limit of qemu-img convert; never more than what is left of "
-                     "the sanitize stage's budget.", parse=_qemu.positive_duration),
+        *_qemu.limit_options("convert", address_space=1 << 30, cpu_time=1800, timeout=1800.0, stage="sanitize"),
         PluginOption("min_free_space", 1 << 30, "Free space the work directory must keep while converting; "
                      "0: no check.", size=True, parse=parse_size),
     ))
@@ -167,8 +160,7 @@ def _convert(context: ImportContext, source: str, target: str, virtual_size: int
         reason = _space_watch(context, out.parent, floor)()
         if reason is not None:
             raise QemuError(_qemu.RESOURCE_LIMIT, reason)
-        limits = _qemu.Limits(options["address_space"], options["cpu_time"], options["timeout"],
-                              file_size=virtual_size + virtual_size // 16 + OUTPUT_HEADROOM)
+        limits = _qemu.limits_of(options, file_size=virtual_size + virtual_size // 16 + OUTPUT_HEADROOM)
         extra = ("-o", ",".join(options["output_options"])) if options["output_options"] else ()
         label = f"qemu-img convert -f {DRIVERS[source]} -O {TARGETS[target]}"
         with _qemu.linked(context) as link:

@@ -78,16 +78,9 @@ def importhooks_finding_codes() -> list[FindingCode]:
 
 @hookimpl
 def importhooks_plugin_options() -> PluginOptions:
-    return PluginOptions(SECTION, (
-        PluginOption("binary", "qemu-img", "The qemu-img program: a name looked up in PATH, or a path.",
-                     parse=_qemu.binary_name),
-        PluginOption("address_space", 1 << 30, "Address-space limit of qemu-img (Glance uses 1 GiB).",
-                     size=True, parse=_qemu.positive_size),
-        PluginOption("cpu_time", 30, "CPU-time limit of qemu-img, in whole seconds (Glance uses 30).",
-                     parse=_qemu.positive_int),
-        PluginOption("timeout", 60.0, "Wall-time limit of qemu-img; never more than what is left of the "
-                     "inspect stage's budget.", parse=_qemu.positive_duration),
-    ))
+    # Glance limits qemu-img info to 1 GiB of address space and 30 s of CPU time, as here.
+    return PluginOptions(SECTION, _qemu.limit_options("info", address_space=1 << 30, cpu_time=30, timeout=60.0,
+                                                      stage="inspect"))
 
 
 def expected_virtual_size(facts: Mapping[str, Any], driver: str, data_size: int) -> int:
@@ -147,7 +140,7 @@ def run_qemu_img(context: ImportContext, driver: str, path: Path) -> dict[str, A
     Every way it can fail becomes a finding here (``None`` is returned then).
     """
     options = context.options(SECTION)
-    limits = _qemu.Limits(options["address_space"], options["cpu_time"], options["timeout"])
+    limits = _qemu.limits_of(options)
     try:
         stdout = _qemu.run(context, options["binary"],
                            ("info", "--output=json", "--force-share", "-f", driver, "--", str(path)),

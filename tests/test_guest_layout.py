@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from importhooks_plugins._guest_layout import READ_CAP, GuestLayout, os_hint, read_layout
+from importhooks_plugins._guest_layout import READ_CAP, GuestLayout, os_evidence, read_layout
 
 from . import disk_builders as db
 from . import guest_images as gi
@@ -57,7 +57,7 @@ def test_mbr_disk_with_ext4_ntfs_vfat(mbr_windows: Path) -> None:
     assert [(p.index, p.type_id, p.filesystem) for p in layout.partitions] == [
         (1, "0x83", "ext4"), (2, "0x07", "ntfs"), (3, "0x0c", "vfat")]
     assert layout.partitions[0].start == gi.MIB and layout.partitions[0].size == gi.SIZE["ext4"]
-    assert os_hint(layout) == "windows"
+    assert os_evidence(layout).detected == "windows"
     assert layout.bytes_read < 64 << 10
 
 
@@ -67,7 +67,7 @@ def test_gpt_disk_with_ext4_swap_xfs(gpt_linux: Path) -> None:
     assert [p.filesystem for p in layout.partitions] == ["ext4", "swap", "xfs"]
     assert layout.partitions[1].type_id == gi.GPT_TYPE["swap"]
     assert [p.start for p in layout.partitions] == [gi.MIB, 9 * gi.MIB, 13 * gi.MIB]
-    assert os_hint(layout) == "linux"
+    assert os_evidence(layout).detected == "linux"
     assert layout.bytes_read < 64 << 10  # a 300 MiB disk, a few sectors read
 
 
@@ -76,8 +76,8 @@ def test_bare_filesystem_at_sector_0(tmp_path: Path, kind: str) -> None:
     layout = layout_of(gi.filesystem_file(tmp_path / f"{kind}.raw", kind))
     assert layout.partition_table == "none" and layout.partitions == () and layout.problems == ()
     assert layout.filesystem == kind
-    expected = {"ntfs": "windows", "exfat": None, "vfat": None}.get(kind, "linux")
-    assert os_hint(layout) == expected
+    expected = {"ntfs": "windows", "exfat": "unknown", "vfat": "unknown"}.get(kind, "linux")
+    assert os_evidence(layout).detected == expected
 
 
 def test_ext3_has_a_journal_but_no_ext4_features(tmp_path: Path) -> None:
@@ -175,13 +175,43 @@ def test_gpt_header_crc_wrong(tmp_path: Path) -> None:
     disk = db.gpt_disk(tmp_path / "g.raw")
     db.overwrite(disk, GPT_HEADER + 40, b"\x01")  # first usable LBA, CRC left stale
     layout = layout_of(disk)
-    assert layout.partition_table == "gpt" and problem_codes(layout) == ["partition.gpt_crc"]
+    assert layout.partition_table == "gpt"
+    assert problem_codes(layout) == ["partition.gpt_crc", "partition.gpt_backup_used"]
+    assert layout.partitions  # read from the backup, as firmware would
 
 
 def test_gpt_entries_crc_wrong(tmp_path: Path) -> None:
     disk = db.gpt_disk(tmp_path / "g.raw")
     db.overwrite(disk, 2 * 512 + 56, "evil".encode("utf-16-le"))  # a name, entries CRC left stale
-    assert problem_codes(layout_of(disk)) == ["partition.gpt_crc"]
+    layout = layout_of(disk)
+    assert problem_codes(layout) == ["partition.gpt_crc", "partition.gpt_backup_used"]
+    assert "evil" not in [p.name for p in layout.partitions]
+
+
+def test_gpt_both_headers_broken(tmp_path: Path) -> None:
+    disk = db.gpt_disk(tmp_path / "g.raw")
+    size = disk.stat().st_size
+    db.overwrite(disk, GPT_HEADER + 40, b"\x01")
+    db.overwrite(disk, size - 512 + 40, b"\x01")
+    layout = layout_of(disk)
+    assert problem_codes(layout) == ["partition.gpt_crc", "partition.gpt_crc"] and not layout.partitions
+
+
+def test_gpt_primary_wiped_backup_read(tmp_path: Path) -> None:
+    """A zeroed primary header hides nothing: the protective MBR sends us to the backup, like firmware."""
+    disk = db.gpt_disk(tmp_path / "g.raw")
+    db.overwrite(disk, GPT_HEADER, bytes(512))
+    layout = layout_of(disk)
+    assert layout.partition_table == "gpt" and layout.partitions
+    assert problem_codes(layout) == ["partition.gpt_backup_used", "partition.gpt_missing"]
+
+
+def test_ntfs_behind_a_broken_primary_gpt(tmp_path: Path) -> None:
+    disk = tmp_path / "w.raw"
+    gi.partitioned_disk(disk, "gpt", ["vfat", "ntfs"])
+    db.overwrite(disk, GPT_HEADER + 16, b"\0\0\0\0")  # header CRC zeroed
+    layout = layout_of(disk)
+    assert [p.filesystem for p in layout.partitions] == ["vfat", "ntfs"] and os_evidence(layout).detected == "windows"
 
 
 def test_gpt_huge_entry_count(tmp_path: Path) -> None:
@@ -189,7 +219,8 @@ def test_gpt_huge_entry_count(tmp_path: Path) -> None:
     db.overwrite(disk, GPT_HEADER + 80, struct.pack("<I", 0xFFFFFFFF))
     gi.fix_gpt_header_crc(disk)
     layout = layout_of(disk)
-    assert problem_codes(layout) == ["partition.gpt_entries"] and layout.bytes_read < 64 << 10
+    assert problem_codes(layout) == ["partition.gpt_entries", "partition.gpt_backup_used"]
+    assert layout.bytes_read < 64 << 10
 
 
 @pytest.mark.parametrize("entry_size", [3, 0, 1 << 20, 132])
@@ -197,7 +228,7 @@ def test_gpt_absurd_entry_size(tmp_path: Path, entry_size: int) -> None:
     disk = db.gpt_disk(tmp_path / "g.raw")
     db.overwrite(disk, GPT_HEADER + 84, struct.pack("<I", entry_size))
     gi.fix_gpt_header_crc(disk)
-    assert problem_codes(layout_of(disk)) == ["partition.gpt_entry_size"]
+    assert problem_codes(layout_of(disk)) == ["partition.gpt_entry_size", "partition.gpt_backup_used"]
 
 
 def test_gpt_entry_past_the_end(tmp_path: Path) -> None:
