@@ -49,6 +49,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.ova",
     "importhooks_plugins.compression",
     "importhooks_plugins.conversion",
+    "importhooks_plugins.os_type",
+    "importhooks_plugins.properties",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",
 )

@@ -49,6 +49,14 @@ def _str_tuple(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _property_patterns(value: object) -> tuple[str, ...]:
+    patterns = _str_tuple(value)
+    for pattern in patterns:
+        if not pattern or "*" in pattern[:-1]:
+            raise ValueError(f"expected property names or prefixes ending in '*', got {pattern!r}")
+    return patterns
+
+
 def _hash_algorithm(value: object) -> str:
     text = _str(value)
     if text not in hashlib.algorithms_available or text.startswith("shake"):
@@ -115,6 +123,12 @@ class Settings:
     max_upload_time: float = _setting(3600.0, "Longest a staging upload may take, in seconds.", parse_duration)
     os_types: tuple[str, ...] = _setting(("linux", "windows"), "Allowed values of the os_type claim.", _str_tuple)
     require_os_type: bool = _setting(False, "Whether an import request must claim os_type.", _bool)
+    protected_properties: tuple[str, ...] = _setting(
+        ("os_type", "importhooks_*"),
+        "Image properties only plugins may set: exact names, or prefixes ending in '*'. An import request "
+        "that sets one itself is rejected (properties.protected); os_type is claimed in its own field.",
+        _property_patterns,
+    )
     hashing_algorithm: str = _setting("sha512", "The multihash algorithm (os_hash_algo).", _hash_algorithm)
     max_read_passes: int = _setting(
         8, "Budget of bytes all plugins together may read from one data layer, in multiples of its size.", _int
@@ -136,6 +150,10 @@ class Settings:
         default_factory=lambda: MappingProxyType({}),
         metadata={"doc": "One table per plugin, [plugin.NAME], for its own declared options."},
     )
+
+    def is_protected(self, name: str) -> bool:
+        """Whether the image property ``name`` is one only plugins may set (``protected_properties``)."""
+        return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in self.protected_properties)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -7,7 +7,8 @@ needs, never outside ``[0, disk_size)``, and never more than :data:`READ_CAP` by
 the disk size. Anything odd in the layout (a partition past the end, overlapping partitions, a GPT
 with a bad CRC or an absurd entry count, an EBR loop, a boot sector that lies about its sector size)
 becomes a ``(code, detail)`` pair in :attr:`GuestLayout.problems`; a problem never raises. Only an
-exception of the ``read`` callable itself (an I/O error) propagates.
+other exception of the ``read`` callable itself (an I/O error) propagates; its
+:class:`ReadBudgetExhausted` ends the read like the cap does.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class GuestLayout:
     bytes_read: int = 0
 
 
-class _Budget(Exception):
-    """The read cap is reached."""
+class ReadBudgetExhausted(Exception):
+    """The read cap is reached; a ``read`` callable with a budget of its own may raise it too."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ class _Reader:
             return b""
         size = min(size, self.disk_size - offset)
         if self.used + size > self.cap:
-            raise _Budget
+            raise ReadBudgetExhausted
         self.used += size
         data = self.read_fn(offset, size)
         return bytes(data[:size])
@@ -197,16 +198,16 @@ def _mbr(reader: _Reader, sector0: bytes, parts: list[Partition]) -> None:
         if ptype == 0:
             continue
         if status not in (0x00, 0x80):
-            reader.problem("partition.mbr_invalid", f"entry {number}: status byte 0x{status:02x}")
+            reader.problem("partition.mbr_entry", f"entry {number}: status byte 0x{status:02x}")
             continue
         if count == 0:
-            reader.problem("partition.mbr_invalid", f"entry {number}: type 0x{ptype:02x} of zero sectors")
+            reader.problem("partition.mbr_entry", f"entry {number}: type 0x{ptype:02x} of zero sectors")
             continue
         if ptype in MBR_EXTENDED:
             if extended is None:
                 extended = (first, count)
             else:
-                reader.problem("partition.mbr_invalid", f"entry {number}: a second extended partition")
+                reader.problem("partition.mbr_entry", f"entry {number}: a second extended partition")
             continue
         if ptype == MBR_PROTECTIVE:
             reader.problem("partition.gpt_missing", f"entry {number}: protective MBR entry but no GPT header")
@@ -230,7 +231,7 @@ def _ebr_chain(reader: _Reader, extended: tuple[int, int], parts: list[Partition
         seen.add(ebr)
         sector = reader.read(ebr * MBR_SECTOR, MBR_SECTOR)
         if len(sector) < MBR_SECTOR or sector[510:512] != b"\x55\xaa":
-            reader.problem("partition.mbr_invalid", f"EBR at sector {ebr}: no boot signature")
+            reader.problem("partition.mbr_entry", f"EBR at sector {ebr}: no boot signature")
             return
         entries = _mbr_entries(sector)
         _status, ptype, first, count = entries[0]
@@ -369,7 +370,7 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP,
                 if part.start < reader.disk_size:
                     fs = _probe(reader, part.start, part.size, f"partition {part.index}")
                     parts[number] = Partition(part.index, part.start, part.size, part.type_id, part.name, fs)
-    except _Budget:
+    except ReadBudgetExhausted:
         reader.problem("layout.read_budget", f"stopped after reading {reader.used} bytes (cap {reader.cap})")
     return GuestLayout(table, tuple(parts), whole, tuple(reader.problems), reader.used)
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
+from importhooks import FindingCode, ImportContext, PluginOptions, Severity, hookimpl
 
 from . import _qemu
 from ._qemu import DRIVERS, QemuError

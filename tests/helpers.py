@@ -88,9 +88,10 @@ def cut_copy(template: Path, length: int) -> Path:
     return path
 
 
-def documented_options(page: str) -> dict[str, Any]:
-    """The ``[plugin.X] with its defaults`` TOML block of ``docs/PAGE``, parsed."""
+def documented_options(page: str, section: str = "") -> dict[str, Any]:
+    """The ``[plugin.SECTION] with its defaults`` TOML block of ``docs/PAGE`` (the first if no section), parsed."""
     lines = (DOCS / page).read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if "with its defaults" in line) + 2
+    marker = f"[plugin.{section}] with its defaults" if section else "with its defaults"
+    start = next(i for i, line in enumerate(lines) if marker in line) + 2
     end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("   "))
     return tomllib.loads(textwrap.dedent("\n".join(lines[start:end])))

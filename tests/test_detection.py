@@ -131,10 +131,11 @@ def test_filesystem_boot_sector_that_oslo_takes_for_an_mbr(settings: Settings, t
     assert result.detected["disk_format"] == "raw" and result.detected["partition_table"] == "none"
 
 
-def test_plain_iso_records_no_partition_table(settings: Settings, tmp_path: Path) -> None:
+def test_plain_iso_has_no_partition_table(settings: Settings, tmp_path: Path) -> None:
     result = audit(settings, b.iso_image(tmp_path / "plain.iso"), "iso")
     assert result.verdict is Verdict.ACCEPT, result.findings
-    assert "partition_table" not in result.detected
+    assert result.detected["partition_table"] == "none"  # the os_type plugin's reading: an ISO 9660 volume
+    assert result.detected["filesystems"] == ["iso9660"]
 
 
 def test_benign_qed_is_accepted_when_allowed(settings: Settings, tmp_path: Path) -> None:

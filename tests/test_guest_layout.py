@@ -147,7 +147,7 @@ def test_mbr_overlapping_entries(tmp_path: Path) -> None:
 def test_mbr_bad_status_byte(tmp_path: Path) -> None:
     disk = db.mbr_disk(tmp_path / "d.raw")
     db.overwrite(disk, MBR_ENTRY, b"\x42")
-    assert "partition.mbr_invalid" in problem_codes(layout_of(disk))
+    assert "partition.mbr_entry" in problem_codes(layout_of(disk))
 
 
 def test_ebr_loop(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def test_hook_order_lists_call_order(settings):
     assert inspect[2:] == plain + [f"{name} [trylast]" for name in late]  # groups in order
     assert plain == sorted(plain, key=builtin_order.index) and late == sorted(late, key=builtin_order.index)
     assert "qemu_img" in late
-    assert order["importhooks_pre_validate"] == ["claims", "size_limits"]
+    assert order["importhooks_pre_validate"] == ["claims", "size_limits", "properties"]
 
 
 def test_duplicate_finding_code_declared_differently_is_an_error(settings):
