@@ -5,7 +5,8 @@ partitioned image at its partition's offset with Python: no loop devices, no roo
 copies only the non-zero chunks, so a 300 MiB XFS partition stays sparse.
 
 System packages (Debian), beside those of :mod:`tests.disk_builders`: util-linux (``mkswap``),
-btrfs-progs (``mkfs.btrfs``).
+btrfs-progs (``mkfs.btrfs``), udftools (``mkudffs``), fdisk (``fdisk -b 4096`` for a GPT of
+4096-byte sectors).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ MKFS: dict[str, tuple[str, ...]] = {
     "exfat": ("mkfs.exfat",),
     "swap": ("mkswap",),
     "btrfs": ("mkfs.btrfs", "-q", "-f"),
+    "udf": ("mkudffs", "--media-type=hd"),
 }
 #: The size of each filesystem's partition (about the smallest its mkfs accepts).
 SIZE = {"ext4": 8 * MIB, "ext2": 8 * MIB, "xfs": 300 * MIB, "vfat": 8 * MIB, "ntfs": 8 * MIB,
-        "exfat": 8 * MIB, "swap": 4 * MIB, "btrfs": 120 * MIB}
+        "exfat": 8 * MIB, "swap": 4 * MIB, "btrfs": 120 * MIB, "udf": 8 * MIB}
 MBR_TYPE = {"ext4": "83", "ext2": "83", "xfs": "83", "btrfs": "83", "swap": "82", "vfat": "c", "ntfs": "7",
             "exfat": "7"}
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -98,3 +100,27 @@ def fix_gpt_header_crc(path: Path, sector: int = 512) -> None:
         struct.pack_into("<I", header, 16, zlib.crc32(bytes(header[:size])))
         handle.seek(sector)
         handle.write(header)
+
+
+def gpt_4k_disk(path: Path, kind: str) -> int:
+    """A GPT of 4096-byte logical sectors (``fdisk -b 4096``) with one partition at LBA 256 (1 MiB)
+    holding a filesystem of ``kind``; returns the partition's byte offset."""
+    with open(path, "wb") as handle:
+        handle.truncate(SIZE[kind] + 2 * MIB)
+    last = 256 + SIZE[kind] // 4096 - 1
+    run("fdisk", "-b", "4096", str(path), stdin=f"g\nn\n1\n256\n{last}\nw\n".encode())
+    splice(path, MIB, filesystem_file(path.with_name(f"{path.name}.p1"), kind))
+    return MIB
+
+
+def lvm_label(path: Path, size: int = 4 * MIB) -> Path:
+    """A disk whose sector 1 holds an LVM2 physical-volume label header (``LABELONE`` ... ``LVM2 001``),
+    written field by field as lvm2's label format lays it out (no pvcreate: it needs a block device)."""
+    label = bytearray(512)
+    struct.pack_into("<8sQIIQ", label, 0, b"LABELONE", 1, 0, 32, int.from_bytes(b"LVM2 001", "little"))
+    struct.pack_into("<I", label, 16, zlib.crc32(bytes(label[20:])) & 0xFFFFFFFF)
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        handle.seek(512)
+        handle.write(label)
+    return path

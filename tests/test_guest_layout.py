@@ -88,6 +88,23 @@ def test_ext3_has_a_journal_but_no_ext4_features(tmp_path: Path) -> None:
     assert layout_of(path).filesystem == "ext3"
 
 
+def test_udf_and_lvm(tmp_path: Path) -> None:
+    udf = layout_of(gi.filesystem_file(tmp_path / "udf.raw", "udf"))
+    assert udf.partition_table == "none" and udf.filesystem == "udf"
+    lvm = layout_of(gi.lvm_label(tmp_path / "pv.raw"))
+    assert lvm.filesystem == "lvm" and os_evidence(lvm).detected == "linux"
+
+
+@pytest.mark.parametrize("kind", ["ext4", "ntfs"])
+def test_gpt_of_4096_byte_sectors(tmp_path: Path, kind: str) -> None:
+    disk = tmp_path / "g4.raw"
+    start = gi.gpt_4k_disk(disk, kind)
+    layout = layout_of(disk)
+    assert layout.partition_table == "gpt" and layout.problems == ()
+    (part,) = layout.partitions
+    assert (part.start, part.size, part.filesystem) == (start, gi.SIZE[kind], kind)
+
+
 def test_luks_and_iso(tmp_path: Path) -> None:
     assert layout_of(db.luks_image(tmp_path / "luks.raw")).filesystem == "luks"
     iso = layout_of(db.iso_image(tmp_path / "plain.iso"))

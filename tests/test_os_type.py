@@ -233,3 +233,10 @@ def test_blocks_return_the_guest_bytes_and_never_read_past_the_disk(size, reads)
         got = blocks.read(offset, length)
         assert got == guest[:sectors][offset : offset + length]
     assert len(asked) == len(set(asked))  # each block fetched once
+
+
+def test_ntfs_on_a_gpt_of_4096_byte_sectors_through_vhdx(settings, tmp_path):
+    raw = tmp_path / "w4k.raw"
+    gi.gpt_4k_disk(raw, "ntfs")
+    result = rejected_with(settings, convert(raw, "vhdx", tmp_path / "w4k.vhdx"), "os_type.mismatch", os_type="linux")
+    assert result.detected["partition_table"] == "gpt" and result.detected["filesystems"] == ["ntfs"]
