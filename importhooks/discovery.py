@@ -106,12 +106,13 @@ def import_schema(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS) 
     """The JSON schema (draft 2020-12) of an import request body.
 
     ``method.name`` is required and one of ``methods``; ``disk_format``,
-    ``container_format`` and ``os_type`` are optional claims limited to the values the
-    settings accept (``os_type`` is required when ``require_os_type`` is set). Glance's
+    ``container_format`` and ``os_type`` are claims limited to the values the settings
+    accept, given here or already on the image (set when it was created); when
+    ``require_os_type`` is set, ``os_type`` must be in one place or the other, which
+    :func:`importhooks.validation.import_claims` checks. Glance's
     multi-store keys (``stores``, ``all_stores``, ``all_stores_must_succeed``) are
     allowed as Glance's clients send them; anything else is refused.
     """
-    required = ["method", "os_type"] if settings.require_os_type else ["method"]
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "name": "import",
@@ -124,13 +125,15 @@ def import_schema(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS) 
             "container_format": {"type": "string", "enum": list(settings.container_formats),
                                  "description": "The container format the data is claimed to be."},
             "os_type": {"type": "string", "enum": list(settings.os_types),
-                        "description": "The operating system of the image (a protected property)."},
+                        "description": "The operating system of the image (a protected property, verified "
+                                       "against the disk). " + ("Required here or on the image."
+                                                                if settings.require_os_type else "Optional.")},
             "stores": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
                        "description": "Stores to import into (multi-store clouds)."},
             "all_stores": {"type": ["boolean", "null"], "description": "Import into every store."},
             "all_stores_must_succeed": {"type": ["boolean", "null"],
                                         "description": "Fail the import if any store fails."},
         },
-        "required": required,
+        "required": ["method"],
         "additionalProperties": False,
     }

@@ -4,6 +4,8 @@ Configuration and loading problems are raised to the embedder (a server refuses 
 start, the CLI exits 2). Everything that goes wrong *during* an import run is turned
 into a finding and a ``reject`` by the pipeline; the :class:`RunAborted` branch is how
 the framework itself stops a run early, each with the finding code it stands for.
+The :class:`RequestError` branch is what the embedding kit raises for a call a server
+must refuse, each with its HTTP status.
 """
 
 from __future__ import annotations
@@ -68,3 +70,56 @@ class Halted(RunAborted):
     """The kill switch was set while the import was running."""
 
     code = "pipeline.halted"
+
+
+class RequestError(ImporthooksError):
+    """A call an image service must refuse; ``status`` is its HTTP status, ``message`` safe for the user.
+
+    The embedding kit raises these (the status machine, request validation, the staging
+    writer, the kill switch); a server turns one into its error response, e.g. Glance's
+    ``{"error": {"message": ...}}`` with ``status``.
+    """
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class BadRequest(RequestError):
+    """The request body is not valid (400); ``field`` names the offending field, if one does."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class RequestTimeout(RequestError):
+    """An upload took longer than ``max_upload_time`` (408)."""
+
+    status = 408
+
+
+class StatusConflict(RequestError):
+    """The call is not allowed in the image's current status (409)."""
+
+    status = 409
+
+
+class PayloadTooLarge(RequestError):
+    """An upload is larger than ``max_upload_bytes`` (413)."""
+
+    status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    """The request body has the wrong content type (415)."""
+
+    status = 415
+
+
+class ImportHalted(RequestError):
+    """Imports are halted by the kill switch (503): new stage and import calls are refused."""
+
+    status = 503

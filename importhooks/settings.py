@@ -37,6 +37,13 @@ def _int(value: object) -> int:
     return value
 
 
+def _positive_int(value: object) -> int:
+    number = _int(value)
+    if number == 0:
+        raise ValueError("expected a whole number above zero")
+    return number
+
+
 def _str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -137,6 +144,12 @@ class Settings:
         4, "How many times sanitize may replace the data (nested containers) before the run is rejected.", _int
     )
     run_timeout: float = _setting(7200.0, "Wall-time budget of a whole run, in seconds.", parse_duration)
+    max_concurrent_imports: int = _setting(
+        4, "Imports a server runs at once (ImportRunner's worker threads); more wait their turn.", _positive_int
+    )
+    max_imports_per_project: int = _setting(
+        2, "Imports of one project a server runs at once; that project's others wait their turn.", _positive_int
+    )
     work_dir: Path | None = _setting(
         None, "Where runs make their temporary directory; empty means the system default.", _optional_path
     )
