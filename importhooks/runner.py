@@ -204,10 +204,11 @@ def recover(runner: ImportRunner, importing: Iterable[ImportJob]) -> list[tuple[
     """
     decided: list[tuple[ImportJob, ImportOutcome | None]] = []
     for job in importing:
-        if runner.staging.has(job.image_id) and not runner.pipeline.killswitch.is_halted():
+        staged = runner.staging.has(job.image_id)
+        if staged and not runner.pipeline.killswitch.is_halted():
             runner.submit(job)
             decided.append((job, None))
         else:
             runner.staging.discard(job.image_id)
-            decided.append((job, ImportOutcome(ImageStatus.KILLED, message=INTERRUPTED)))
+            decided.append((job, ImportOutcome(ImageStatus.KILLED, message=HALTED if staged else INTERRUPTED)))
     return decided

@@ -117,5 +117,5 @@ def after(call: Call, outcome: Outcome) -> ImageStatus:
 
 
 def deletable(status: ImageStatus) -> bool:
-    """Any image may be deleted except one already deleted; a delete while importing kills the run's result."""
+    """Whether an image in ``status`` may be deleted: any but one already deleted."""
     return status is not ImageStatus.DELETED
