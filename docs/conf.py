@@ -8,6 +8,8 @@ Two pages are generated from the code at build time, into ``docs/_generated/``
 * ``_generated/codes.rst``: the finding codes of the framework and of the built-in
   plugins (site plugins excluded: the table must not depend on what is installed
   on the machine that builds the docs);
+* ``_generated/import_info.json`` and ``import_schema.json``: the discovery documents of
+  the default settings (with ``require_os_type``), shown on the API page.
 * ``_generated/builtins.rst``: the built-in plugins, the hooks they implement and
   what they do, from :data:`importhooks.plugins.DEFAULT_PLUGINS`.
 
@@ -21,6 +23,7 @@ import dataclasses
 import importlib
 import importlib.metadata
 import inspect
+import json
 import os
 import re
 import tempfile
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from importhooks import codes as framework_codes
+from importhooks.discovery import import_info, import_schema
 from importhooks.findings import FindingCode
 from importhooks.plugins import DEFAULT_PLUGINS, PluginRegistry, build_registry
 from importhooks.settings import STAGES, PluginSettings, Settings, iter_setting_docs
@@ -227,7 +231,15 @@ def builtins_page(registry: PluginRegistry) -> str:
                                rows, "14 26 20 40")
 
 
+def discovery_documents() -> None:
+    """The discovery documents of the default settings, as a server publishes them."""
+    settings = Settings(require_os_type=True)
+    _write("import_info.json", json.dumps(import_info(settings), indent=2) + "\n")
+    _write("import_schema.json", json.dumps(import_schema(settings), indent=2) + "\n")
+
+
 _registry = builtin_registry()
+discovery_documents()
 _write("settings.rst", settings_page())
 _write("codes.rst", codes_page(_registry))
 _write("builtins.rst", builtins_page(_registry))
