@@ -29,7 +29,8 @@ from typing import Any
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from . import _qemu
-from ._guest_layout import GuestLayout, OsEvidence, ReadBudgetExhausted, os_evidence, read_layout
+from ._filesystems import OsEvidence, os_evidence
+from ._guest_layout import GuestLayout, ReadBudgetExhausted, read_layout
 from ._partition_codes import CODES as LAYOUT_CODES
 
 SECTION = "os_type"

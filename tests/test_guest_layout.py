@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from importhooks_plugins._guest_layout import READ_CAP, GuestLayout, os_evidence, read_layout
+from importhooks_plugins._filesystems import os_evidence
+from importhooks_plugins._guest_layout import READ_CAP, GuestLayout, read_layout
 
 from . import disk_builders as db
 from . import guest_images as gi
