@@ -1,14 +1,16 @@
-"""The guest's partition table and the filesystem signature of each partition (issue 6, first piece).
+"""The guest's partition table and the filesystem signature of each partition.
 
-A pure library, no hooks yet: :func:`read_layout` takes a ``read(offset, size)`` callable over the
+Not a plugin: the ``os_type`` plugin uses it. :func:`read_layout` takes a ``read(offset, size)`` callable over the
 *guest* bytes (reached through the disk format's own mapping; a short read at the end of the disk is
 fine) and the guest disk size, and returns a :class:`GuestLayout`. It reads only the few sectors it
 needs, never outside ``[0, disk_size)``, and never more than :data:`READ_CAP` bytes per call, whatever
 the disk size. Anything odd in the layout (a partition past the end, overlapping partitions, a GPT
 with a bad CRC or an absurd entry count, an EBR loop, a boot sector that lies about its sector size)
-becomes a ``(code, detail)`` pair in :attr:`GuestLayout.problems`; a problem never raises. Only an
-other exception of the ``read`` callable itself (an I/O error) propagates; its
-:class:`ReadBudgetExhausted` ends the read like the cap does.
+becomes a ``(code, detail)`` pair in :attr:`GuestLayout.problems`; a problem never raises. An
+exception of the ``read`` callable itself (an I/O error) propagates, except
+:class:`ReadBudgetExhausted`, which ends the read like the cap does. A damaged primary GPT sends
+the reader to the backup GPT in the last sector, as UEFI firmware does. Filesystem signatures
+are :mod:`._filesystems`'.
 """
 
 from __future__ import annotations
