@@ -10,7 +10,7 @@ the image ``importing``. The runner:
 * runs the pipeline (whose ``run_timeout`` is the wall-time budget of one import), and on
   ``accept`` calls ``store(job, path)`` with the data to keep, which moves it into the image
   store atomically (``os.replace`` into the store's directory, or a copy and a rename);
-* always deletes the staged data afterwards, and calls ``finish(job, outcome)`` with the
+* always deletes the import's data afterwards, and calls ``finish(job, outcome)`` with the
   image's new status and fields: ``active`` with ``size``, ``virtual_size``, ``checksum``,
   ``os_hash_algo``, ``os_hash_value``, ``disk_format``, ``container_format`` and the
   protected properties; or ``killed`` with a user-safe ``message``.
@@ -22,6 +22,7 @@ server calls :func:`recover` to resubmit (or kill) images a restart left ``impor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -31,10 +32,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from . import codes
 from .errors import ImportHalted
 from .events import Event, EventType
 from .pipeline import Pipeline
-from .request import ImportRequest
+from .request import Claims, ImportRequest, Requester
 from .result import ImportResult
 from .staging import StagingArea
 from .status import ImageStatus
@@ -43,15 +45,27 @@ log = logging.getLogger(__name__)
 
 STORE_FAILED = "The image could not be stored."
 INTERRUPTED = "The import was interrupted and its data is gone; upload it again to a new image."
-HALTED = "Image import is halted by the cloud operator; try again later."
+HALTED = codes.HALTED.summary  # one message for refused calls and for killed imports
 
 
 @dataclass(frozen=True, slots=True)
 class ImportJob:
-    """One import to run: the image, and the request whose ``path`` is the image's staged data."""
+    """One import to run: the image, and the request whose ``path`` is the image's data.
+
+    Build it with :meth:`claim`, which takes the staged data for the import
+    (:meth:`StagingArea.claim`).
+    """
 
     image_id: str
     request: ImportRequest
+
+    @classmethod
+    def claim(cls, staging: StagingArea, image_id: str, claims: Claims, requester: Requester,
+              request_id: str | None = None) -> ImportJob:
+        """The job of importing the data staged for ``image_id``; :class:`StatusConflict` if there is none."""
+        path = staging.claim(image_id)
+        extra = {"request_id": request_id} if request_id else {}
+        return cls(image_id, ImportRequest(path, claims, requester, **extra))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +198,9 @@ class ImportRunner:
             log.exception("storing image %s failed", job.image_id)
             return ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)
         finally:
-            self.staging.discard(job.image_id)
+            self.staging.release(job.image_id)
+            if job.request.path == self.staging.path(job.image_id):  # the server did not claim it
+                self.staging.discard(job.image_id)
         if result.accepted:
             return ImportOutcome(ImageStatus.ACTIVE, MappingProxyType(image_fields(result)), result=result)
         return ImportOutcome(ImageStatus.KILLED, message=result.user_message or "The image was rejected.",
@@ -196,19 +212,22 @@ def _project(job: ImportJob) -> str:
 
 
 def recover(runner: ImportRunner, importing: Iterable[ImportJob]) -> list[tuple[ImportJob, ImportOutcome | None]]:
-    """At start: resubmit each job of an image a restart left ``importing`` whose staged data is still there.
+    """At start: resubmit each job of an image a restart left ``importing`` whose data is still there.
 
     Returns each job with ``None`` when it was resubmitted, or the ``killed`` outcome the
     server must record when its data is gone (or imports are halted): no image stays
     ``importing`` after a restart.
     """
     decided: list[tuple[ImportJob, ImportOutcome | None]] = []
+    staging = runner.staging
     for job in importing:
-        staged = runner.staging.has(job.image_id)
+        staged = staging.has(job.image_id) or staging.claimed_path(job.image_id).is_file()
         if staged and not runner.pipeline.killswitch.is_halted():
+            job = ImportJob(job.image_id, dataclasses.replace(job.request, path=staging.claim(job.image_id)))
             runner.submit(job)
             decided.append((job, None))
         else:
-            runner.staging.discard(job.image_id)
+            staging.discard(job.image_id)
+            staging.release(job.image_id)
             decided.append((job, ImportOutcome(ImageStatus.KILLED, message=HALTED if staged else INTERRUPTED)))
     return decided

@@ -17,7 +17,9 @@ or with a ``Content-Length``, never the body itself. The writer:
   last complete one wins, and a reader never sees half an upload;
 * on any failure (a limit, a client that disconnects, a short body, a full disk) removes
   the partial file *and* any earlier staged data, so that nothing is left staged and the
-  image goes back to ``queued``.
+  image goes back to ``queued``;
+* hands the staged data to an import with :meth:`StagingArea.claim`, which moves it out of
+  the way of later uploads.
 
 Holding at most one chunk in memory, its memory use is flat in the upload size.
 """
@@ -31,10 +33,11 @@ import uuid
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
 
-from .errors import BadRequest, PayloadTooLarge, RequestTimeout
+from .errors import BadRequest, PayloadTooLarge, RequestTimeout, StatusConflict
 from .settings import Settings
 
 PARTIAL_PREFIX = ".partial-"
+CLAIM_PREFIX = ".import-"
 
 
 def image_key(image_id: str) -> str:
@@ -109,8 +112,40 @@ class StagingArea:
         return self.path(image_id).is_file()
 
     def discard(self, image_id: str) -> None:
-        """Remove the staged data of ``image_id``, if any."""
+        """Remove the staged data of ``image_id``, if any (not the data an import claimed)."""
         self.path(image_id).unlink(missing_ok=True)
+
+    def claimed_path(self, image_id: str) -> Path:
+        """Where the data an import of ``image_id`` claimed is (whether or not there is any)."""
+        return self.directory / f"{CLAIM_PREFIX}{image_key(image_id)}"
+
+    def claim(self, image_id: str) -> Path:
+        """Take the staged data of ``image_id`` for its import: the path the import must read.
+
+        The staged file is renamed to a path of the import's own, so a stage upload that
+        completes later cannot change the data under the running import (the status machine
+        cannot tell a staged image from one still being staged: both are ``uploading``).
+        Claiming again, e.g. when an import is resubmitted after a restart, returns the same
+        path. :class:`StatusConflict` (409) if nothing is staged or claimed.
+        """
+        target = self.claimed_path(image_id)
+        try:
+            os.replace(self.path(image_id), target)
+        except FileNotFoundError:
+            if not target.is_file():
+                raise StatusConflict("No data is staged for this image; stage it first.") from None
+        return target
+
+    def unclaim(self, image_id: str) -> None:
+        """Give claimed data back to staging (an import refused after the claim, e.g. by the kill switch)."""
+        try:
+            os.replace(self.claimed_path(image_id), self.path(image_id))
+        except FileNotFoundError:
+            pass
+
+    def release(self, image_id: str) -> None:
+        """Remove the data an import of ``image_id`` claimed, if any (the runner does, when the import ends)."""
+        self.claimed_path(image_id).unlink(missing_ok=True)
 
     def sweep(self) -> int:
         """Remove partial files a crash left behind (call once at start); how many were removed."""

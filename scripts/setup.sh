@@ -77,6 +77,8 @@ fi
 # --- 3. the package -----------------------------------------------------------
 say "installing importhooks (editable, extras test and docs)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test,docs]"
+say "installing the reference image service (examples/image_service, editable)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e examples/image_service
 "$VENV/bin/importhooks" --help >/dev/null || die "the importhooks command does not run"
 
 # --- 4. demo ------------------------------------------------------------------

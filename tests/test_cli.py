@@ -408,8 +408,9 @@ def test_schema_prints_the_import_schema(capsys, tmp_path, workdir):
     assert status == 0
     document = json.loads(out)
     assert document == import_schema(load_settings(config))
-    assert document["required"] == ["method", "os_type"]
+    assert document["required"] == ["method"]  # os_type may come from the body or the image
     assert document["properties"]["os_type"]["enum"] == ["linux"]
+    assert "Required here or on the image" in document["properties"]["os_type"]["description"]
 
 
 # --- the installed console script ------------------------------------------------------------------

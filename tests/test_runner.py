@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from importhooks import Claims, ImportContext, ImportRequest, KillSwitch, Pipeline, Requester, Settings, hookimpl
-from importhooks.errors import ImportHalted
+from importhooks.errors import ImportHalted, StatusConflict
 from importhooks.runner import INTERRUPTED, STORE_FAILED, ImportJob, ImportOutcome, ImportRunner, recover
 from importhooks.staging import StagingArea
 from importhooks.status import ImageStatus
@@ -75,8 +75,7 @@ class Service:
         return image_id
 
     def job(self, image_id: str, project: str = "p1", **claims: str) -> ImportJob:
-        return ImportJob(image_id, ImportRequest(self.staging.path(image_id), Claims(**claims),
-                                                 Requester("u", project, ("member",))))
+        return ImportJob.claim(self.staging, image_id, Claims(**claims), Requester("u", project, ("member",)))
 
 
 def test_an_accepted_import_is_stored_with_its_fields(settings, tmp_path):
@@ -162,10 +161,34 @@ def test_the_kill_switch_refuses_new_imports_and_kills_the_running_one(settings,
     assert "pipeline.halted" in [f.code for f in outcome.result.findings]
 
 
+def test_a_claimed_import_is_safe_from_a_later_upload(settings, tmp_path, raw_file, backing_qcow2):
+    service = Service(tmp_path, settings, ("slow", Slow(0.5)))
+    image_id = service.stage(raw_file)
+    job = service.job(image_id)
+    assert job.request.path == service.staging.claimed_path(image_id) and not service.staging.has(image_id)
+    service.runner.submit(job)
+    service.staging.receive_sync(image_id, iter([backing_qcow2.read_bytes()]))  # lands beside, not under it
+    assert service.runner.wait_idle(60)
+    assert service.outcomes[image_id].status is ImageStatus.ACTIVE
+    assert (service.store_dir / image_id).read_bytes() == raw_file.read_bytes()
+    assert not service.staging.claimed_path(image_id).exists()
+
+
+def test_claiming_nothing_is_a_conflict_and_unclaim_gives_data_back(settings, tmp_path, raw_file):
+    service = Service(tmp_path, settings)
+    with pytest.raises(StatusConflict, match="stage it first"):
+        service.job(str(uuid.uuid4()))
+    image_id = service.stage(raw_file)
+    first = service.job(image_id)
+    assert service.job(image_id).request.path == first.request.path  # claiming again: the same data
+    service.staging.unclaim(image_id)
+    assert service.staging.has(image_id) and not service.staging.claimed_path(image_id).exists()
+
+
 def test_recover_resubmits_staged_jobs_and_kills_the_rest(settings, tmp_path, raw_file):
     service = Service(tmp_path, settings)
     staged = service.job(service.stage(raw_file))
-    gone = service.job(str(uuid.uuid4()))
+    gone = ImportJob(str(uuid.uuid4()), ImportRequest(tmp_path / "gone"))
     decided = dict((job.image_id, outcome) for job, outcome in recover(service.runner, [staged, gone]))
     assert decided[staged.image_id] is None
     assert decided[gone.image_id] == ImportOutcome(ImageStatus.KILLED, message=INTERRUPTED)

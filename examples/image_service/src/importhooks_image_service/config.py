@@ -1,0 +1,161 @@
+"""The service's configuration file (TOML): where it listens, its data, its tokens, the importhooks settings.
+
+::
+
+    host = "127.0.0.1"
+    port = 9292
+    data_dir = "/var/lib/image-service"    # relative: to the config file's directory
+    log_level = "info"
+
+    [tokens.SECRET]                        # X-Auth-Token: SECRET
+    user = "alice"
+    project = "4f0b1f5e"
+    roles = ["member"]
+
+    [importhooks]                          # passed to importhooks.settings.settings_from_mapping
+    require_os_type = true
+    halt_file = "HALT"                     # relative: inside data_dir
+
+Every problem raises :class:`importhooks.ConfigError` naming the key; the service does not start.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from importhooks import ConfigError, Settings
+from importhooks.settings import settings_from_mapping
+
+DEFAULT_PORT = 9292
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+_KEYS = ("host", "port", "data_dir", "log_level", "tokens", "importhooks")
+_TOKEN_KEYS = ("user", "project", "roles")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a token stands for: the user, their project and roles."""
+
+    user: str
+    project: str
+    roles: tuple[str, ...] = ()
+
+    def has_role(self, *names: str) -> bool:
+        """Whether the principal holds any of ``names`` (case-insensitive)."""
+        held = {role.lower() for role in self.roles}
+        return any(name.lower() in held for name in names)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The validated configuration of one service."""
+
+    data_dir: Path
+    importhooks: Settings
+    tokens: Mapping[str, Principal] = field(default_factory=lambda: MappingProxyType({}))
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    log_level: str = "info"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.data_dir / "staging"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "images.sqlite3"
+
+
+def _str(data: Mapping[str, Any], key: str, default: str, prefix: str = "") -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{prefix}{key}", f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError("port", f"expected a port number (0 to 65535), got {value!r}")
+    return value
+
+
+def _path(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _tokens(raw: object) -> Mapping[str, Principal]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError("tokens", "expected a table of tokens, e.g. [tokens.SECRET]")
+    tokens: dict[str, Principal] = {}
+    for token, entry in raw.items():
+        prefix = f"tokens.{token}."
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"tokens.{token}", "expected a table with user, project and roles")
+        unknown = sorted(set(entry) - set(_TOKEN_KEYS))
+        if unknown:
+            raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(_TOKEN_KEYS)})")
+        roles = entry.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(role, str) and role for role in roles):
+            raise ConfigError(f"{prefix}roles", f"expected a list of role names, got {roles!r}")
+        tokens[token] = Principal(_str(entry, "user", "", prefix), _str(entry, "project", "", prefix), tuple(roles))
+    return MappingProxyType(tokens)
+
+
+def config_from_mapping(data: Mapping[str, Any], base: Path) -> ServiceConfig:
+    """Validate parsed TOML into a :class:`ServiceConfig`; relative paths are relative to ``base``."""
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown setting (known: {', '.join(_KEYS)})")
+    data_dir = _path(_str(data, "data_dir", "image-service-data"), base)
+    log_level = _str(data, "log_level", "info").lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigError("log_level", f"expected one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    table = data.get("importhooks", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("importhooks", "expected a table of importhooks settings")
+    try:
+        settings = settings_from_mapping(table)
+    except ConfigError as exc:
+        raise ConfigError(f"importhooks.{exc.key}", exc.problem) from None
+    # The halt file and the runs' scratch space live in data_dir unless given as absolute paths.
+    changes: dict[str, Path] = {}
+    if settings.halt_file is not None and not settings.halt_file.expanduser().is_absolute():
+        changes["halt_file"] = data_dir / settings.halt_file
+    if settings.work_dir is not None and not settings.work_dir.expanduser().is_absolute():
+        changes["work_dir"] = data_dir / settings.work_dir
+    return ServiceConfig(data_dir=data_dir, importhooks=settings.replace(**changes) if changes else settings,
+                         tokens=_tokens(data.get("tokens", {})), host=_str(data, "host", "127.0.0.1"),
+                         port=_port(data.get("port", DEFAULT_PORT)), log_level=log_level)
+
+
+def default_config_text() -> str:
+    """The TOML of the configuration shipped with the package."""
+    return resources.files(__package__).joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None = None) -> ServiceConfig:
+    """Load the configuration from ``path``, or the shipped default when ``None``."""
+    if path is None:
+        text, base = default_config_text(), Path.cwd()
+    else:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+        base = Path(path).resolve().parent
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"not valid TOML: {exc}") from None
+    return config_from_mapping(data, base)

@@ -1,0 +1,188 @@
+"""Image records in SQLite (stdlib ``sqlite3``): one connection shared under a lock.
+
+Request handlers (the event loop's thread) and the import runner's workers (their own
+threads) both write records, so every status change is a *conditional* update
+(:meth:`ImageDB.update` with ``expect``): it happens only if the image is still in one of
+the statuses the caller checked, and tells the caller whether it did. A delete racing
+an upload or an import therefore never gets overwritten by the slower party.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    status TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    disk_format TEXT,
+    container_format TEXT,
+    size INTEGER,
+    virtual_size INTEGER,
+    checksum TEXT,
+    os_hash_algo TEXT,
+    os_hash_value TEXT,
+    message TEXT,
+    visibility TEXT NOT NULL,
+    protected INTEGER NOT NULL DEFAULT 0,
+    os_hidden INTEGER NOT NULL DEFAULT 0,
+    min_disk INTEGER NOT NULL DEFAULT 0,
+    min_ram INTEGER NOT NULL DEFAULT 0,
+    tags TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    properties TEXT NOT NULL DEFAULT '{}',
+    import_job TEXT
+);
+CREATE INDEX IF NOT EXISTS images_owner ON images (owner, name);
+CREATE INDEX IF NOT EXISTS images_status ON images (status);
+"""
+
+_JSON_COLUMNS = frozenset({"tags", "properties", "import_job"})
+_BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
+
+
+def now() -> str:
+    """The current time as Glance writes it: ISO 8601, UTC, seconds, ``Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """One image, as stored. ``properties`` are the custom (string) properties; ``import_job``
+    is what the service needs to run the image's import again after a restart."""
+
+    id: str
+    owner: str
+    status: str
+    created_at: str
+    updated_at: str
+    name: str | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
+    size: int | None = None
+    virtual_size: int | None = None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    message: str | None = None
+    visibility: str = "shared"
+    protected: bool = False
+    os_hidden: bool = False
+    min_disk: int = 0
+    min_ram: int = 0
+    tags: tuple[str, ...] = ()
+    properties: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    import_job: Mapping[str, Any] | None = None
+
+
+COLUMNS: tuple[str, ...] = tuple(ImageRecord.__dataclass_fields__)
+
+
+def _to_sql(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        if value is None:
+            return None
+        return json.dumps(list(value) if column == "tags" else dict(value), sort_keys=True)
+    if column in _BOOL_COLUMNS:
+        return int(bool(value))
+    return value
+
+
+def _from_row(row: sqlite3.Row) -> ImageRecord:
+    values: dict[str, Any] = {}
+    for column in COLUMNS:
+        value = row[column]
+        if column == "tags":
+            value = tuple(json.loads(value))
+        elif column == "properties":
+            value = MappingProxyType(json.loads(value))
+        elif column == "import_job":
+            value = MappingProxyType(json.loads(value)) if value is not None else None
+        elif column in _BOOL_COLUMNS:
+            value = bool(value)
+        values[column] = value
+    return ImageRecord(**values)
+
+
+class ImageDB:
+    """The image table. Thread-safe: one connection, one lock, autocommit."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def insert(self, record: ImageRecord) -> None:
+        marks = ", ".join("?" for _ in COLUMNS)
+        with self._lock:
+            self._conn.execute(f"INSERT INTO images ({', '.join(COLUMNS)}) VALUES ({marks})",  # noqa: S608
+                               [_to_sql(column, getattr(record, column)) for column in COLUMNS])
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        return _from_row(row) if row is not None else None
+
+    def by_owner(self, owner: str, *, name: str | None = None, status: str | None = None,
+                 hidden: bool = False) -> list[ImageRecord]:
+        """The images of ``owner`` that are not deleted, newest first, filtered by ``name`` and ``status``;
+        with ``hidden``, only the ``os_hidden`` ones, else only the others (as Glance lists them)."""
+        query = "SELECT * FROM images WHERE owner = ? AND status != 'deleted' AND os_hidden = ?"
+        args: list[Any] = [owner, int(hidden)]
+        if name is not None:
+            query += " AND name = ?"
+            args.append(name)
+        if status is not None:
+            query += " AND status = ?"
+            args.append(status)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY created_at DESC, id", args).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def with_status(self, *statuses: str) -> list[ImageRecord]:
+        """Every image in one of ``statuses`` (start-up recovery)."""
+        marks = ", ".join("?" for _ in statuses)
+        with self._lock:
+            rows = self._conn.execute(f"SELECT * FROM images WHERE status IN ({marks})",  # noqa: S608
+                                      statuses).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def update(self, image_id: str, *, expect: Collection[str] | None = None, **changes: Any) -> bool:
+        """Set ``changes`` (and ``updated_at``) if the image exists and, with ``expect``, its status is in it.
+
+        Returns whether the row was updated: ``False`` means another party changed the
+        status first (or the image is gone), and the caller must not act as if it won.
+        """
+        unknown = set(changes) - set(COLUMNS) or {"id", "owner", "created_at"} & set(changes)
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        changes["updated_at"] = now()
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        args: list[Any] = [_to_sql(column, value) for column, value in changes.items()]
+        query = f"UPDATE images SET {assignments} WHERE id = ?"  # noqa: S608 - column names are checked above
+        args.append(image_id)
+        if expect is not None:
+            statuses = list(expect)
+            query += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            args.extend(statuses)
+        with self._lock:
+            return self._conn.execute(query, args).rowcount == 1
