@@ -7,7 +7,10 @@
   schema (draft 2020-12) of the body of ``POST /v2/images/{id}/import``, whose enums
   come from the same settings, so a client can validate a request before sending it.
 
-Both are plain, JSON-ready dicts built anew on each call; nothing is cached.
+* :func:`create_headers` are the headers of the image-create response (``201``) that
+  tell a client it may import, and where to stage the data.
+
+All are plain, JSON-ready dicts built anew on each call; nothing is cached.
 """
 
 from __future__ import annotations
@@ -75,6 +78,23 @@ def import_info(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS, ha
                                    settings.require_os_type),
         "hash-algorithm": _entry("Algorithm of the image's os_hash_value.", "string", settings.hashing_algorithm),
     }
+
+
+def create_headers(image_url: str, methods: Sequence[str] = DEFAULT_METHODS, halted: bool = False) -> dict[str, str]:
+    """Headers of the ``POST /v2/images`` response (201) that advertise import.
+
+    ``OpenStack-image-import-methods`` lists the methods (openstacksdk refuses to import
+    without it) and, when ``glance-direct`` is one, ``OpenStack-image-glance-direct-url`` is
+    the image's stage URL: ``image_url`` (the absolute URL of the new image) plus ``/stage``.
+    While import is halted there are none.
+    """
+    names = [] if halted else _methods(methods)
+    headers: dict[str, str] = {}
+    if names:
+        headers["OpenStack-image-import-methods"] = ",".join(names)
+    if "glance-direct" in names:
+        headers["OpenStack-image-glance-direct-url"] = f"{image_url.rstrip('/')}/stage"
+    return headers
 
 
 def _method_schema(names: list[str]) -> dict[str, Any]:

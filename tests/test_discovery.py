@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from importhooks import Settings, load_settings
-from importhooks.discovery import import_info, import_schema
+from importhooks.discovery import create_headers, import_info, import_schema
 
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "array": list, "integer": int, "number": (int, float), "boolean": bool, "string": str,
@@ -159,3 +159,13 @@ def test_documents_are_fresh_copies(strict: Settings):
     edited["properties"]["method"]["properties"]["uri"]["minLength"] = 1000
     assert validator(strict, ("glance-direct", "web-download")).is_valid(
         {"method": {"name": "web-download", "uri": "https://example.com/x.img"}})
+
+
+def test_create_headers_advertise_import_and_the_stage_url():
+    url = "http://127.0.0.1:9292/v2/images/0b9e5f0e-8b43-4f2e-9a55-5d4b9c1f7f00"
+    assert create_headers(url + "/") == {
+        "OpenStack-image-import-methods": "glance-direct",
+        "OpenStack-image-glance-direct-url": url + "/stage",
+    }
+    assert create_headers(url, ("web-download",)) == {"OpenStack-image-import-methods": "web-download"}
+    assert create_headers(url, halted=True) == {}

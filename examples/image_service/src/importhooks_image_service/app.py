@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from importhooks.discovery import DEFAULT_METHODS, import_info, import_schema
+from importhooks.discovery import create_headers, import_info, import_schema
 from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
 
 from .auth import TOKEN_HEADER, TokenAuth
@@ -99,9 +99,6 @@ class Api:
     def __init__(self, service: ImageService) -> None:
         self.service = service
 
-    def _methods(self) -> list[str]:
-        return [] if self.service.is_halted() else list(DEFAULT_METHODS)
-
     # -- discovery -------------------------------------------------------------------
 
     async def root(self, request: Request) -> Response:
@@ -131,12 +128,10 @@ class Api:
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("The request body is not valid JSON.", field="body") from None
         record = self.service.create_image(principal, body)
-        headers = {"Location": f"/v2/images/{record.id}"}
-        methods = self._methods()
-        if methods:  # the SDK imports only when the 201 names the method; none while halted
-            headers["OpenStack-image-import-methods"] = ",".join(methods)
-            base = base_url(str(request.base_url))
-            headers["OpenStack-image-glance-direct-url"] = f"{base}/v2/images/{record.id}/stage"
+        image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
+        # The SDK imports only when the 201 names the method; none while halted.
+        headers = {"Location": f"/v2/images/{record.id}",
+                   **create_headers(image_url, halted=self.service.is_halted())}
         return JSONResponse(render_image(record), status_code=201, headers=headers)
 
     async def index(self, request: Request) -> Response:
