@@ -72,6 +72,10 @@ class Halted(RunAborted):
     code = "pipeline.halted"
 
 
+class ImageGone(ImporthooksError):
+    """A server's ``store`` callback found the image deleted during its import: the data is dropped, quietly."""
+
+
 class RequestError(ImporthooksError):
     """A call an image service must refuse; ``status`` is its HTTP status, ``message`` safe for the user.
 

@@ -16,7 +16,9 @@ the image ``importing``. The runner:
   protected properties; or ``killed`` with a user-safe ``message``.
 
 Nothing a job does can kill a worker: a ``store`` that raises kills the image
-(``"The image could not be stored."``), a ``finish`` that raises is logged. At start, a
+(``"The image could not be stored."``), except with :class:`~importhooks.errors.ImageGone`
+(the image was deleted meanwhile: the outcome is ``deleted``), and a ``finish`` that raises
+is logged. At start, a
 server calls :func:`recover` to resubmit (or kill) images a restart left ``importing``.
 """
 
@@ -33,7 +35,7 @@ from types import MappingProxyType
 from typing import Any
 
 from . import codes
-from .errors import ImportHalted
+from .errors import ImageGone, ImportHalted
 from .events import Event, EventType
 from .pipeline import Pipeline
 from .request import Claims, ImportRequest, Requester
@@ -194,6 +196,9 @@ class ImportRunner:
     def _run(self, job: ImportJob) -> ImportOutcome:
         try:
             result = self.pipeline.run(job.request, store=lambda path: self._store(job, path))
+        except ImageGone:
+            log.info("image %s was deleted during its import; its data is dropped", job.image_id)
+            return ImportOutcome(ImageStatus.DELETED)
         except Exception:
             log.exception("storing image %s failed", job.image_id)
             return ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from importhooks import Claims, ImportContext, ImportRequest, KillSwitch, Pipeline, Requester, Settings, hookimpl
-from importhooks.errors import ImportHalted, StatusConflict
+from importhooks.errors import ImageGone, ImportHalted, StatusConflict
 from importhooks.runner import INTERRUPTED, STORE_FAILED, ImportJob, ImportOutcome, ImportRunner, recover
 from importhooks.staging import StagingArea
 from importhooks.status import ImageStatus
@@ -52,7 +52,7 @@ class Service:
     """What a server keeps: the records the callbacks write, and a store directory."""
 
     def __init__(self, tmp_path: Path, settings: Settings, *plugins: tuple[str, object],
-                 killswitch: KillSwitch | None = None, fail_store: bool = False) -> None:
+                 killswitch: KillSwitch | None = None, fail_store: bool | type[Exception] = False) -> None:
         self.store_dir = tmp_path / "store"
         self.store_dir.mkdir()
         self.staging = StagingArea(tmp_path / "staging", settings)
@@ -62,6 +62,8 @@ class Service:
         self.runner = ImportRunner(self.pipeline, self.staging, store=self.store, finish=self.finish)
 
     def store(self, job: ImportJob, path: Path) -> None:
+        if self.fail_store is ImageGone:
+            raise ImageGone(job.image_id)
         if self.fail_store:
             raise OSError("store is full")
         shutil.copyfile(path, self.store_dir / job.image_id)
@@ -113,6 +115,15 @@ def test_a_store_that_fails_kills_the_image(settings, tmp_path, raw_file):
     assert service.runner.wait_idle(60)
     assert service.outcomes[image_id] == ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)
     assert not service.staging.has(image_id)
+
+
+def test_an_image_deleted_during_its_import_is_dropped_quietly(settings, tmp_path, raw_file, caplog):
+    service = Service(tmp_path, settings, fail_store=ImageGone)
+    image_id = service.stage(raw_file)
+    service.runner.submit(service.job(image_id))
+    assert service.runner.wait_idle(60)
+    assert service.outcomes[image_id] == ImportOutcome(ImageStatus.DELETED)
+    assert "Traceback" not in caplog.text and not service.staging.claimed_path(image_id).exists()
 
 
 def test_caps_hold_and_every_import_finishes(settings, tmp_path, raw_file):

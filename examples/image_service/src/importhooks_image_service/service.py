@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Any
 
 from importhooks import Pipeline, Settings
-from importhooks.errors import BadRequest, ImportHalted, RequestError, StatusConflict
+from importhooks.errors import BadRequest, ImageGone, ImportHalted, RequestError, StatusConflict
 from importhooks.request import Claims, ImportRequest, Requester
 from importhooks.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
 from importhooks.staging import StagingArea, image_key
@@ -308,7 +308,7 @@ class ImageService:
         """The runner's ``store``: move the accepted data in, unless the image was deleted meanwhile."""
         record = self.db.get(job.image_id)
         if record is None or record.status != ImageStatus.IMPORTING.value:
-            raise RuntimeError(f"image {job.image_id} is no longer importing; its data is not stored")
+            raise ImageGone(job.image_id)
         self.store.put(job.image_id, path)
 
     def _finish(self, job: ImportJob, outcome: ImportOutcome) -> None:
@@ -318,6 +318,8 @@ class ImageService:
             found = "; ".join(f"{f.code}: {f.detail or f.message}" for f in outcome.result.findings
                               if f.severity.value == "error")
             log.info("image %s rejected: %s", image_id, found)
+        if outcome.status is ImageStatus.DELETED:  # deleted during its import: nothing was stored
+            return
         if outcome.status is ImageStatus.ACTIVE:
             fields = dict(outcome.fields)
             columns = {name: fields.pop(name) for name in OUTCOME_COLUMNS if name in fields}
