@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 #: Filesystems that make a disk look like a Linux guest for :func:`os_evidence`.
 LINUX_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "swap", "lvm"})
+#: Filesystems only Windows makes: NTFS, a BitLocker-encrypted volume, ReFS.
+WINDOWS_FILESYSTEMS = frozenset({"ntfs", "bitlocker", "refs"})
+#: Boot-sector OEM ids (bytes 3-10) of the filesystems :func:`_boot_sector` recognises by them.
+OEM_IDS = {b"NTFS    ": "ntfs", b"-FVE-FS-": "bitlocker", b"EXFAT   ": "exfat"}
 
 
 class Prober(Protocol):
@@ -34,17 +38,18 @@ def _u32(data: bytes, offset: int) -> int:
 
 
 def _boot_sector(reader: Prober, head: bytes, where: str) -> str | None:
-    """NTFS, exFAT or FAT from a boot sector, checking its bytes-per-sector (exFAT: its shift)."""
-    if head[3:11] == b"EXFAT   ":
+    """NTFS, BitLocker, exFAT or FAT from a boot sector, checking its bytes-per-sector (exFAT: its shift).
+
+    A BitLocker volume keeps an NTFS-like boot sector whose OEM id is ``-FVE-FS-``.
+    """
+    kind = OEM_IDS.get(bytes(head[3:11]))
+    if kind == "exfat":
         shift = head[108] if len(head) > 108 else 0
         if not 9 <= shift <= 12:
             reader.problem("partition.sector_size", f"{where}: exFAT bytes-per-sector shift {shift}")
             return None
         return "exfat"
-    kind = None
-    if head[3:11] == b"NTFS    ":
-        kind = "ntfs"
-    elif head[82:87] == b"FAT32" or head[54:59] in (b"FAT12", b"FAT16", b"FAT  "):
+    if kind is None and (head[82:87] == b"FAT32" or head[54:59] in (b"FAT12", b"FAT16", b"FAT  ")):
         kind = "vfat"
     if kind is None:
         return None
@@ -73,8 +78,10 @@ def probe(reader: Prober, base: int, size: int, where: str) -> str | None:
         return "luks"
     if head[:4] == b"XFSB":
         return "xfs"
+    if head[3:11] == b"ReFS\0\0\0\0" and head[16:20] == b"FSRS":
+        return "refs"
     found = _boot_sector(reader, head, where)
-    if found is not None or head[3:11] in (b"NTFS    ", b"EXFAT   "):
+    if found is not None or bytes(head[3:11]) in OEM_IDS:
         return found
     if head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
         return "swap"
@@ -107,10 +114,14 @@ def _optical(reader: Prober, base: int, size: int) -> str | None:
     return "iso9660" if iso else None
 
 
-#: GPT partition types only Windows makes.
-WINDOWS_GPT_TYPES = {
+#: Partition types only Windows makes (GPT type GUIDs, MBR type bytes).
+WINDOWS_PARTITION_TYPES = {
     "E3C9E316-0B5C-4DB8-817D-F92DF00215AE": "Microsoft reserved partition",
     "DE94BBA4-06D1-4D40-A16A-BFD50179D6AC": "Windows recovery partition",
+    "5808C8AA-7E8F-42E0-85D2-E1E90434CFB3": "Windows dynamic disk (LDM metadata)",
+    "AF9B60A0-1431-4F62-BC68-3311714A69AD": "Windows dynamic disk (LDM data)",
+    "E75CAF8F-F680-4CEE-AFA3-B001E56EFC2D": "Windows Storage Spaces",
+    "0x42": "Windows dynamic disk (MBR type 0x42)",
 }
 
 
@@ -128,7 +139,7 @@ class OsEvidence:
 
 
 def os_evidence(layout: GuestLayout) -> OsEvidence:
-    """Windows evidence: an NTFS filesystem, or a GPT partition type only Windows makes.
+    """Windows evidence: an NTFS, BitLocker or ReFS volume, or a partition type only Windows makes.
 
     Linux evidence: ext2/3/4, XFS, Btrfs, swap or an LVM physical volume. FAT (an EFI system
     partition), exFAT, ISO 9660, UDF and LUKS point at neither.
@@ -139,10 +150,10 @@ def os_evidence(layout: GuestLayout) -> OsEvidence:
     if layout.filesystem is not None:
         found.append(("whole disk", layout.filesystem, ""))
     for where, filesystem, type_id in found:
-        if filesystem == "ntfs":
-            windows.append(f"{where}: ntfs")
+        if filesystem in WINDOWS_FILESYSTEMS:
+            windows.append(f"{where}: {filesystem}")
         elif filesystem in LINUX_FILESYSTEMS:
             linux.append(f"{where}: {filesystem}")
-        if type_id in WINDOWS_GPT_TYPES:
-            windows.append(f"{where}: {WINDOWS_GPT_TYPES[type_id]}")
+        if type_id in WINDOWS_PARTITION_TYPES:
+            windows.append(f"{where}: {WINDOWS_PARTITION_TYPES[type_id]}")
     return OsEvidence(tuple(windows), tuple(linux))

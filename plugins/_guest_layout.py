@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ._filesystems import probe
+from ._filesystems import OEM_IDS, probe
 
 Reader = Callable[[int, int], bytes]
 
@@ -297,7 +297,7 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP,
 
 
 def _is_mbr(sector0: bytes) -> bool:
-    """A 0x55AA sector 0 is an MBR unless it is a filesystem's boot sector (NTFS, exFAT, FAT)."""
-    if sector0[3:11] in (b"NTFS    ", b"EXFAT   "):
+    """A 0x55AA sector 0 is an MBR unless it is a filesystem's boot sector (NTFS, BitLocker, exFAT, FAT)."""
+    if bytes(sector0[3:11]) in OEM_IDS:
         return False
     return not (sector0[82:87] == b"FAT32" or sector0[54:59] in (b"FAT12", b"FAT16", b"FAT  "))

@@ -11,8 +11,8 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
   (:func:`._qemu.read_guest`), under ``ProcessLimits``, backing files disabled, and only if that
   format's own plugin ran. Blocks of 128 KiB are fetched and cached; a layout costs two or
   three qemu-img runs, whatever the disk's size. A LUKS disk is encrypted: nothing to read.
-* Verdicts: Windows evidence (an NTFS filesystem, a Microsoft reserved or Windows recovery
-  partition) with any other claim → ``os_type.mismatch`` (reject); a ``windows`` claim with only
+* Verdicts: Windows evidence (an NTFS, BitLocker or ReFS volume, a partition type only Windows
+  makes) with any other claim → ``os_type.mismatch`` (reject); a ``windows`` claim with only
   Linux filesystems → ``os_type.not_windows`` (warning); a claim with nothing to tell by →
   ``os_type.unverified`` at the ``unverified`` option's severity (default info, accept).
   A disk that cannot be read is ``os_type.read_failed`` (reject: fail closed).
@@ -48,8 +48,9 @@ PROPERTY_FILESYSTEMS = "importhooks_filesystems"
 MISMATCH = FindingCode(
     "os_type.mismatch",
     "The disk holds Windows, but the image claims another os_type. Import it with os_type windows.",
-    "The claimed os_type is not windows, yet the guest disk has Windows evidence: an NTFS filesystem, or "
-    "a Microsoft reserved or Windows recovery partition. The detail lists the evidence. Clouds that "
+    "The claimed os_type is not windows, yet the guest disk has Windows evidence: an NTFS, BitLocker or "
+    "ReFS volume, or a partition type only Windows makes (Microsoft reserved, Windows recovery, dynamic "
+    "disk, Storage Spaces). The detail lists the evidence. Clouds that "
     "license Windows per instance protect os_type for exactly this case.",
 )
 NOT_WINDOWS = FindingCode(

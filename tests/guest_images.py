@@ -124,3 +124,28 @@ def lvm_label(path: Path, size: int = 4 * MIB) -> Path:
         handle.seek(512)
         handle.write(label)
     return path
+
+
+def bitlocker_volume(path: Path) -> Path:
+    """What BitLocker leaves at a volume's start: an NTFS-like boot sector whose OEM id is ``-FVE-FS-``
+    (made from a real mkntfs volume with that id written over, as BitLocker's own header has it)."""
+    filesystem_file(path, "ntfs")
+    with open(path, "r+b") as handle:
+        handle.seek(3)
+        handle.write(b"-FVE-FS-")
+    return path
+
+
+def refs_volume(path: Path, size: int = 8 * MIB) -> Path:
+    """The first sector of a ReFS volume, field by field (no mkfs.refs outside Windows): a jump, the
+    ``ReFS`` file system name, the ``FSRS`` identifier, 512-byte sectors."""
+    boot = bytearray(512)
+    boot[0:3] = b"\x00\x00\x00"
+    boot[3:11] = b"ReFS\0\0\0\0"
+    boot[16:20] = b"FSRS"
+    struct.pack_into("<HH", boot, 20, 0x200, 0)  # length and checksum of the boot sector header
+    struct.pack_into("<QII", boot, 24, size // 512, 512, 8)  # sectors, bytes per sector, sectors per cluster
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        handle.write(boot)
+    return path

@@ -89,6 +89,35 @@ def test_ext3_has_a_journal_but_no_ext4_features(tmp_path: Path) -> None:
     assert layout_of(path).filesystem == "ext3"
 
 
+@pytest.mark.parametrize(("make", "kind"), [(gi.bitlocker_volume, "bitlocker"), (gi.refs_volume, "refs")])
+def test_windows_only_volumes_are_windows_evidence(tmp_path: Path, make, kind) -> None:
+    whole = layout_of(make(tmp_path / "v.raw"))
+    assert whole.partition_table == "none" and whole.filesystem == kind
+    assert os_evidence(whole).windows == (f"whole disk: {kind}",)
+    disk = tmp_path / "d.raw"
+    with open(disk, "wb") as handle:
+        handle.truncate(12 << 20)
+    db.run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk),
+           stdin=b"label: gpt\nstart=2048, size=16384, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n")
+    gi.splice(disk, 1 << 20, make(tmp_path / "p.raw"))
+    layout = layout_of(disk)
+    assert [p.filesystem for p in layout.partitions] == [kind] and os_evidence(layout).detected == "windows"
+
+
+@pytest.mark.parametrize(("label", "type_id", "evidence"), [
+    ("gpt", "AF9B60A0-1431-4F62-BC68-3311714A69AD", "Windows dynamic disk (LDM data)"),
+    ("gpt", "E75CAF8F-F680-4CEE-AFA3-B001E56EFC2D", "Windows Storage Spaces"),
+    ("dos", "42", "Windows dynamic disk (MBR type 0x42)"),
+])
+def test_windows_only_partition_types_are_evidence(tmp_path: Path, label: str, type_id: str, evidence: str) -> None:
+    disk = tmp_path / "d.raw"
+    with open(disk, "wb") as handle:
+        handle.truncate(4 << 20)
+    db.run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk),
+           stdin=f"label: {label}\nstart=2048, size=2048, type={type_id}\n".encode())
+    assert os_evidence(layout_of(disk)).windows == (f"partition 1: {evidence}",)
+
+
 def test_udf_and_lvm(tmp_path: Path) -> None:
     udf = layout_of(gi.filesystem_file(tmp_path / "udf.raw", "udf"))
     assert udf.partition_table == "none" and udf.filesystem == "udf"

@@ -240,3 +240,13 @@ def test_ntfs_on_a_gpt_of_4096_byte_sectors_through_vhdx(settings, tmp_path):
     gi.gpt_4k_disk(raw, "ntfs")
     result = rejected_with(settings, convert(raw, "vhdx", tmp_path / "w4k.vhdx"), "os_type.mismatch", os_type="linux")
     assert result.detected["partition_table"] == "gpt" and result.detected["filesystems"] == ["ntfs"]
+
+
+def test_a_bitlocker_system_partition_claimed_linux_is_rejected_through_qcow2(settings, tmp_path):
+    """BitLocker hides NTFS from a signature reader, but only Windows makes a BitLocker volume."""
+    raw = tmp_path / "bl.raw"
+    gi.partitioned_disk(raw, "gpt", ["vfat", "ntfs"])
+    gi.splice(raw, gi.MIB + gi.SIZE["vfat"], gi.bitlocker_volume(tmp_path / "bl.vol"))
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "bl.qcow2"), "os_type.mismatch", os_type="linux")
+    assert result.detected["filesystems"] == ["vfat", "bitlocker"]
+    assert "partition 2: bitlocker" in next(f.detail for f in result.findings if f.code == "os_type.mismatch")
