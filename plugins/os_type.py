@@ -23,6 +23,7 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -188,6 +189,22 @@ def _layout(context: ImportContext, options: Mapping[str, Any]) -> GuestLayout:
         return read_layout(blocks.read, size, cap=cap, prefetch=blocks.prefetch)
 
 
+#: VMware guest ids of Windows (``windows9_64Guest``, ``winNetStandardGuest``, ``win2000ServGuest``...).
+WINDOWS_GUEST_ID = re.compile(r"win", re.IGNORECASE | re.ASCII)
+
+
+def _with_descriptor(context: ImportContext, evidence: OsEvidence) -> OsEvidence:
+    """Add an OVF descriptor naming a Windows guest (``ovf_os_type`` of an OVA layer) to the evidence.
+
+    The descriptor is the uploader's own text: it can add evidence of Windows, never remove it.
+    """
+    for layer in context.layers:
+        guest = layer.facts.get("ovf_os_type")
+        if isinstance(guest, str) and WINDOWS_GUEST_ID.match(guest):
+            return OsEvidence((*evidence.windows, f"OVF descriptor: guest {guest!r}"), evidence.linux)
+    return evidence
+
+
 def _filesystems(layout: GuestLayout) -> list[str]:
     found = [p.filesystem for p in layout.partitions] + [layout.filesystem]
     return list(dict.fromkeys(fs for fs in found if fs is not None))
@@ -226,7 +243,7 @@ def importhooks_set_protected_properties(context: ImportContext) -> dict[str, st
         return None
     for code, detail in layout.problems:
         context.report(LAYOUT_CODES[code], detail=detail)
-    evidence = os_evidence(layout)
+    evidence = _with_descriptor(context, os_evidence(layout))
     filesystems = _filesystems(layout)
     facts["partition_table"] = layout.partition_table
     facts["filesystems"] = filesystems

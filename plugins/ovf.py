@@ -15,7 +15,8 @@ else ``ovf.dtd``). Of the rest, only the parts read are checked, strictly:
   chunked files, at most ``max_files`` of them;
 * ``DiskSection/Disk``: at least one, at most ``max_disks``, each naming a File
   that exists (one File per Disk), no parent disks, a capacity in known units;
-* the first ``OperatingSystemSection``'s ``osType`` or ``id`` (informational).
+* the first ``OperatingSystemSection``'s ``osType`` (OVF's or VMware's ``vmw:osType``) or ``id``
+  (the ``os_type`` plugin takes a Windows guest id there as evidence).
 
 Attributes are read in the envelope's namespace only; vendor sections are ignored.
 Text from the document appears only in :class:`OvfError` details, escaped and cut.
@@ -75,6 +76,8 @@ BARE_DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "is
 
 _UINT = re.compile(r"[0-9]{1,20}", re.ASCII)
 _UNITS = re.compile(r"byte(?:\s*\*\s*(2|10)\s*\^\s*([0-9]{1,2}))?", re.ASCII | re.IGNORECASE)
+#: VMware's OVF extension namespace: VMware exports put the guest OS id in its ``osType``.
+VMWARE_NS = "http://www.vmware.com/schema/ovf"
 _TOKEN = re.compile(r"[A-Za-z0-9_.+-]{1,64}", re.ASCII)
 
 DTD = FindingCode(
@@ -138,7 +141,7 @@ class OvfDescriptor:
 
     files: tuple[FileRef, ...]
     disks: tuple[DiskRef, ...]
-    os_type: str | None  # OperatingSystemSection ovf:osType, else ovf:id (informational)
+    os_type: str | None  # OperatingSystemSection ovf:osType or vmw:osType, else ovf:id
 
 
 class OvfError(Exception):
@@ -359,8 +362,8 @@ def _os_type(root: Element, ns: str) -> str | None:
     section = next(root.iter(f"{{{ns}}}OperatingSystemSection"), None)
     if section is None:
         return None
-    for name in ("osType", "id"):
-        value = section.get(f"{{{ns}}}{name}")
+    for name in (f"{{{ns}}}osType", f"{{{VMWARE_NS}}}osType", f"{{{ns}}}id"):
+        value = section.get(name)
         if value is not None:
             value = value.strip()
             return value if _TOKEN.fullmatch(value) else None

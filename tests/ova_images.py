@@ -107,7 +107,8 @@ def fix_checksum(data: bytearray, header: int) -> None:
 
 
 def ovf_descriptor(disks: list[tuple[str, str]], *, extra_files: tuple[str, ...] = (),
-                   sizes: dict[str, int] | None = None, compression: str | None = None) -> bytes:
+                   sizes: dict[str, int] | None = None, compression: str | None = None,
+                   os_type: str = 'ovf:id="94" ovf:osType="ubuntu64Guest"') -> bytes:
     """A minimal OVF 1.x descriptor: one File and one Disk per ``(href, format)``, plus ``extra_files``."""
     sizes = sizes or {}
     files, disk_lines = [], []
@@ -120,11 +121,12 @@ def ovf_descriptor(disks: list[tuple[str, str]], *, extra_files: tuple[str, ...]
                           f'ovf:format="{FORMAT_URIS.get(fmt, fmt)}"/>')
     for index, href in enumerate(extra_files, len(disks) + 1):
         files.append(f'    <File ovf:href="{href}" ovf:id="file{index}"/>')
-    text = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Envelope xmlns="{NS}" xmlns:ovf="{NS}">\n'
+    text = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Envelope xmlns="{NS}" xmlns:ovf="{NS}" '
+            f'xmlns:vmw="http://www.vmware.com/schema/ovf">\n'
             f"  <References>\n{chr(10).join(files)}\n  </References>\n"
             f"  <DiskSection>\n    <Info>Virtual disks</Info>\n{chr(10).join(disk_lines)}\n  </DiskSection>\n"
             '  <VirtualSystem ovf:id="vm">\n    <Info>A virtual machine</Info>\n'
-            '    <OperatingSystemSection ovf:id="94" ovf:osType="ubuntu64Guest"><Info>OS</Info>'
+            f'    <OperatingSystemSection {os_type}><Info>OS</Info>'
             "</OperatingSystemSection>\n  </VirtualSystem>\n</Envelope>\n")
     return text.encode()
 
@@ -177,9 +179,10 @@ class Package:
 
 
 def package(disk: bytes, fmt: str = "vmdk", *, name: str = DISK, declared: str | None = None,
-            with_manifest: bool = True, manifest_data: dict[str, bytes] | None = None) -> Package:
+            with_manifest: bool = True, manifest_data: dict[str, bytes] | None = None,
+            **descriptor_options: str) -> Package:
     """A benign package: ``vm.ovf`` naming ``name`` as a ``declared`` (default ``fmt``) disk, a manifest."""
-    descriptor = ovf_descriptor([(name, declared or fmt)], sizes={name: len(disk)})
+    descriptor = ovf_descriptor([(name, declared or fmt)], sizes={name: len(disk)}, **descriptor_options)
     listed = manifest_data if manifest_data is not None else {"vm.ovf": descriptor, name: disk}
     return Package(regular("vm.ovf", descriptor), regular(name, disk),
                    regular("vm.mf", manifest(listed)) if with_manifest else None)

@@ -250,3 +250,20 @@ def test_a_bitlocker_system_partition_claimed_linux_is_rejected_through_qcow2(se
     result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "bl.qcow2"), "os_type.mismatch", os_type="linux")
     assert result.detected["filesystems"] == ["vfat", "bitlocker"]
     assert "partition 2: bitlocker" in next(f.detail for f in result.findings if f.code == "os_type.mismatch")
+
+
+@pytest.mark.parametrize(("guest", "verdict"), [
+    ('ovf:id="1" vmw:osType="windows2019srv_64Guest"', Verdict.REJECT),
+    ('ovf:id="1" ovf:osType="winNetStandardGuest"', Verdict.REJECT),
+    ('ovf:id="94" vmw:osType="ubuntu64Guest"', Verdict.ACCEPT),
+])
+def test_an_ova_whose_descriptor_names_a_windows_guest(settings, tmp_path, guest, verdict):
+    """An empty disk says nothing; the OVF descriptor's guest id can still say Windows (never the reverse)."""
+    vmdk = o.stream_vmdk(tmp_path / "e.vmdk")
+    path = o.package(vmdk, os_type=guest).write(tmp_path / "g.ova")
+    ova = settings.replace(container_formats=("bare", "ova"))
+    result = audit(ova, path, os_type="linux", container_format="ova")
+    assert result.verdict is verdict, result.findings
+    if verdict is Verdict.REJECT:
+        detail = next(f.detail for f in result.findings if f.code == "os_type.mismatch")
+        assert "OVF descriptor: guest 'win" in (detail or "")

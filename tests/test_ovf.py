@@ -223,7 +223,7 @@ def test_vmware_ovf10_with_a_stream_optimized_vmdk():
         files=(FileRef("file1", "web01-disk1.vmdk", 1073741312, None),
                FileRef("file2", "web01-file1.nvram", 8684, None)),
         disks=(DiskRef("vmdisk1", "file1", VMDK_STREAM, "vmdk", 40 << 30),),
-        os_type="94",
+        os_type="ubuntu64Guest",  # vmw:osType, the guest id VMware exports, before ovf:id 94
     )
 
 
