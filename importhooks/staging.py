@@ -30,7 +30,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout, StatusConflict
@@ -51,7 +51,8 @@ def image_key(image_id: str) -> str:
 class _Partial:
     """One upload in progress: a private file, the bytes written, the deadline."""
 
-    def __init__(self, area: StagingArea, image_id: str, declared_size: int | None) -> None:
+    def __init__(self, area: StagingArea, image_id: str, declared_size: int | None,
+                 observe: Callable[[bytes], object] | None) -> None:
         self.area = area
         self.key = image_key(image_id)
         self.limit = area.settings.max_upload_bytes
@@ -59,6 +60,7 @@ class _Partial:
             area.discard(self.key)  # a refused upload leaves nothing staged, like any other failure
             raise PayloadTooLarge(f"The upload is larger than this cloud accepts ({self.limit} bytes).")
         self.declared = declared_size
+        self.observe = observe
         self.deadline = time.monotonic() + area.settings.max_upload_time
         self.path = area.directory / f"{PARTIAL_PREFIX}{self.key}-{uuid.uuid4().hex}"
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -70,6 +72,8 @@ class _Partial:
             raise PayloadTooLarge(f"The upload is larger than this cloud accepts ({self.limit} bytes).")
         if time.monotonic() > self.deadline:
             raise self.timeout()
+        if self.observe is not None:
+            self.observe(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(self.fd, view):]
@@ -155,9 +159,13 @@ class StagingArea:
             removed += 1
         return removed
 
-    async def receive(self, image_id: str, chunks: AsyncIterable[bytes], *, declared_size: int | None = None) -> int:
-        """Stage ``chunks`` as the data of ``image_id``; the bytes staged. See the module doc for the failures."""
-        upload = _Partial(self, image_id, declared_size)
+    async def receive(self, image_id: str, chunks: AsyncIterable[bytes], *, declared_size: int | None = None,
+                      observe: Callable[[bytes], object] | None = None) -> int:
+        """Stage ``chunks`` as the data of ``image_id``; the bytes staged. See the module doc for the failures.
+
+        ``observe``, if given, sees each chunk before it is written (e.g. ``hashlib`` objects' ``update``).
+        """
+        upload = _Partial(self, image_id, declared_size, observe)
         try:
             async with asyncio.timeout(max(0.0, upload.deadline - time.monotonic())):
                 async for chunk in chunks:
@@ -170,9 +178,10 @@ class StagingArea:
             upload.abort()
             raise
 
-    def receive_sync(self, image_id: str, chunks: Iterable[bytes], *, declared_size: int | None = None) -> int:
+    def receive_sync(self, image_id: str, chunks: Iterable[bytes], *, declared_size: int | None = None,
+                     observe: Callable[[bytes], object] | None = None) -> int:
         """:meth:`receive` for a synchronous body (a WSGI input read in chunks)."""
-        upload = _Partial(self, image_id, declared_size)
+        upload = _Partial(self, image_id, declared_size, observe)
         try:
             for chunk in chunks:
                 upload.write(chunk)

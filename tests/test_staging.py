@@ -146,3 +146,10 @@ def test_sweep_removes_what_a_crash_left(area):
     (area.directory / f"{PARTIAL_PREFIX}{IMAGE}-deadbeef").write_bytes(b"half")
     receive(area, b"whole")
     assert area.sweep() == 1 and leftovers(area) == [IMAGE]
+
+
+def test_observe_sees_every_chunk_written(area):
+    digest = hashlib.sha256()
+    data = os.urandom(100_000)
+    assert asyncio.run(area.receive(IMAGE, chunks_of(data, 512), observe=digest.update)) == len(data)
+    assert digest.digest() == hashlib.sha256(area.path(IMAGE).read_bytes()).digest()

@@ -98,7 +98,7 @@ class ImageService:
         self.pipeline = Pipeline.from_settings(self.settings, extra_plugins=extra_plugins)
         self.db = ImageDB(config.database)
         self.staging = StagingArea(config.staging_dir, self.settings)
-        self.store = ImageStore(config.store_dir)
+        self.store = ImageStore(config.store_dir, self.settings)
         self._runner: ImportRunner | None = None
         #: Stage uploads in flight, per image (touched only by the event loop's thread).
         self._uploads: Counter[str] = Counter()
@@ -253,9 +253,7 @@ class ImageService:
         if not self.db.update(record.id, expect=_statuses(Call.UPLOAD), status=ImageStatus.SAVING.value):
             raise self._conflict(record.id, Call.UPLOAD)
         try:
-            stored = await self.store.receive(record.id, chunks, declared_size=declared,
-                                              limit=self.settings.max_image_size,
-                                              hash_algo=self.settings.hashing_algorithm)
+            stored = await self.store.receive(record.id, chunks, declared_size=declared)
         except BaseException:
             self.db.update(record.id, expect={ImageStatus.SAVING.value}, status=ImageStatus.QUEUED.value)
             raise
