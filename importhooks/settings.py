@@ -118,9 +118,10 @@ class Settings:
         ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"), "Disk formats accepted for import.", _str_tuple
     )
     container_formats: tuple[str, ...] = _setting(
-        ("bare",),
-        "Container formats accepted for import. Only formats that an enabled plugin unpacks make sense "
-        "here: data still in a container after sanitize is rejected (container.not_unpacked).",
+        ("bare", "ova", "compressed"),
+        "Container formats accepted for import: by default every one a built-in plugin unpacks. Only formats "
+        "that an enabled plugin unpacks make sense here: data still in a container after sanitize is rejected "
+        "(container.not_unpacked).",
         _str_tuple,
     )
     max_image_size: int = _setting(

@@ -3,7 +3,10 @@
 The result is the layer's ``container_format`` fact: ``bare`` for a plain disk, or
 the container it looks like (``gzip``, ``bzip2``, ``xz``, ``zstd``, ``zip``, ``tar``).
 Data that is a container but claimed ``bare`` is rejected with a finding naming the
-container. Fail closed: if the data that would be stored is still a container (no
+container. With no claim at all (an audit), the data is taken for what it is: a
+container is unpacked and inspected like a claimed one, if its container format
+(``compressed``, or ``ova`` for a tar) is in the ``container_formats`` setting.
+Fail closed: if the data that would be stored is still a container (no
 ``sanitize`` plugin unpacked it), the import is rejected in ``finalize``.
 """
 
@@ -42,6 +45,12 @@ CLAIM_MISMATCH = FindingCode(
     "archive, 'compressed' for data that is not compressed, 'ova' for data that is not a tar archive (the "
     "message names what the data is). Claim the right container_format.",
 )
+NOT_ALLOWED = FindingCode(
+    "container.not_allowed",
+    "The image is a compressed file or an archive, a container this cloud does not accept.",
+    "The request claimed no container_format and the data is a container (the message names it) whose "
+    "container format (compressed, or ova for a tar archive) is not in the container_formats setting.",
+)
 NOT_UNPACKED = FindingCode(
     "container.not_unpacked",
     "The image is a compressed file or an archive that this cloud cannot unpack.",
@@ -52,7 +61,7 @@ NOT_UNPACKED = FindingCode(
 
 @hookimpl
 def importhooks_finding_codes() -> list[FindingCode]:
-    return [CLAIM_MISMATCH, NOT_UNPACKED]
+    return [CLAIM_MISMATCH, NOT_ALLOWED, NOT_UNPACKED]
 
 
 def sniff(context: ImportContext) -> str:
@@ -72,13 +81,29 @@ def importhooks_inspect(context: ImportContext) -> None:
     claimed = context.claims.container_format
     if context.data.parent is not None:
         return  # the claim describes the upload, the first layer
-    if container != "bare" and claimed in (None, "bare"):
+    if claimed is None:
+        _unclaimed(context, container)
+    elif container != "bare" and claimed == "bare":
         context.report(CLAIM_MISMATCH, f"The image looks like a {container} file, not a bare disk.",
-                       detail=f"claimed {claimed!r}, libmagic sees {container}")
+                       detail=f"claimed 'bare', libmagic sees {container}")
     elif claimed in CLAIMABLE and container not in CLAIMABLE[claimed]:
         what = "a bare disk" if container == "bare" else f"a {container} file"
         context.report(CLAIM_MISMATCH, f"The image is {what}, not the {claimed} container the request says.",
                        detail=f"claimed {claimed!r}, libmagic sees {container}")
+
+
+def container_format_of(container: str) -> str:
+    """The ``container_format`` a request would claim for data that looks like ``container``."""
+    return next((claim for claim, looks in CLAIMABLE.items() if container in looks), "bare")
+
+
+def _unclaimed(context: ImportContext, container: str) -> None:
+    """No claim (an audit, an embedder that does not ask): take the data for what it is, if accepted."""
+    accepted = context.settings.container_formats
+    if container_format_of(container) not in accepted:
+        context.report(NOT_ALLOWED, f"The image is a {container} file; this cloud accepts only these container "
+                                    f"formats: {', '.join(accepted) or 'none'}.",
+                       detail=f"no container_format claimed, libmagic sees {container}")
 
 
 @hookimpl
