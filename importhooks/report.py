@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .findings import Verdict
+from .request import Requester
 from .result import ImportResult
 from .units import format_size
 
@@ -114,3 +115,24 @@ def render_summary(verdicts: Iterable[Verdict], errors: int = 0) -> str:
     total = len(listed) + errors
     summary = f"{total} path{'s' if total != 1 else ''}: {accepted} accepted, {len(listed) - accepted} rejected"
     return summary + (f", {errors} not audited" if errors else "")
+
+
+def render_requester(requester: Requester) -> str:
+    """The line of text output saying who the audit imports as (anonymous without ``--user`` and the like)."""
+    if requester == Requester():
+        return "requester: anonymous (no --user, --project or --role given)"
+    parts = [f"{label} {escape(value)}" for label, value in (("user", requester.user),
+                                                             ("project", requester.project)) if value is not None]
+    if requester.roles:
+        parts.append("roles " + ", ".join(escape(role) for role in requester.roles))
+    return "requester: " + "; ".join(parts)
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: its lines joined with '; ', every other control character escaped.
+
+    Backslashes stay single: the message's own quoting (``repr`` of a bad value) is
+    shown as written, not escaped a second time.
+    """
+    joined = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    return "\\".join(escape(piece) for piece in joined.split("\\"))
