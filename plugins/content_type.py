@@ -28,11 +28,28 @@ CONTAINERS = {
     "application/x-zstd": "zstd",
     "application/zip": "zip",
     "application/x-tar": "tar",
+    # Containers no built-in plugin unpacks, which well-known readers (libarchive, GNU gzip, xz, lz4,
+    # 7-Zip) open and importhooks would otherwise take for a raw disk: named, so they are rejected.
+    "application/x-lzma": "lzma",
+    "application/x-compress": "compress",
+    "application/x-lz4": "lz4",
+    "application/x-lzip": "lzip",
+    "application/x-7z-compressed": "7z",
+    "application/x-rar": "rar",
+    "application/vnd.rar": "rar",
+    "application/x-archive": "ar",
+    "application/x-cpio": "cpio",
+    "application/vnd.ms-cab-compressed": "cab",
+    "application/x-rpm": "rpm",
+    "application/x-xar": "xar",
 }
+#: Containers libmagic names only in its descriptions: found by their own magic bytes at offset 0.
+MAGIC_PREFIXES = {b"\x89LZO\x00\r\n\x1a\n": "lzop"}
 
-#: What the data must look like for each container_format claim besides ``bare``.
+#: What the data must look like for each container_format claim besides ``bare``: a compressed
+#: stream no plugin decompresses is still rightly claimed ``compressed`` (and rejected in finalize).
 CLAIMABLE = {
-    "compressed": frozenset({"gzip", "bzip2", "xz", "zstd", "zip"}),
+    "compressed": frozenset({"gzip", "bzip2", "xz", "zstd", "zip", "lzma", "compress", "lz4", "lzip", "lzop"}),
     "ova": frozenset({"tar"}),
 }
 
@@ -71,7 +88,9 @@ def sniff(context: ImportContext) -> str:
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"
     if mime not in CONTAINERS and head.startswith(ZIP_MAGICS):
         return "zip"  # libmagic names zip-based formats by their content (EPUB, APK, JAR ...): still a zip
-    return CONTAINERS.get(mime, "bare")
+    if mime not in CONTAINERS:
+        return next((name for magic_bytes, name in MAGIC_PREFIXES.items() if head.startswith(magic_bytes)), "bare")
+    return CONTAINERS[mime]
 
 
 @hookimpl(tryfirst=True)
@@ -92,16 +111,23 @@ def importhooks_inspect(context: ImportContext) -> None:
                        detail=f"claimed {claimed!r}, libmagic sees {container}")
 
 
-def container_format_of(container: str) -> str:
-    """The ``container_format`` a request would claim for data that looks like ``container``."""
-    return next((claim for claim, looks in CLAIMABLE.items() if container in looks), "bare")
+def container_format_of(container: str) -> str | None:
+    """The ``container_format`` a request would claim for data that looks like ``container``, if any."""
+    if container == "bare":
+        return "bare"
+    return next((claim for claim, looks in CLAIMABLE.items() if container in looks), None)
 
 
 def _unclaimed(context: ImportContext, container: str) -> None:
-    """No claim (an audit, an embedder that does not ask): take the data for what it is, if accepted."""
+    """No claim (an audit, an embedder that does not ask): take the data for what it is, if accepted.
+
+    An archive no format can claim (7z, cpio ...) goes on to ``finalize``, which rejects it unpacked.
+    """
     accepted = context.settings.container_formats
-    if container_format_of(container) not in accepted:
-        context.report(NOT_ALLOWED, f"The image is a {container} file; this cloud accepts only these container "
+    claim = container_format_of(container)
+    if claim is not None and claim not in accepted:
+        what = "a bare disk" if container == "bare" else f"a {container} file"
+        context.report(NOT_ALLOWED, f"The image is {what}; this cloud accepts only these container "
                                     f"formats: {', '.join(accepted) or 'none'}.",
                        detail=f"no container_format claimed, libmagic sees {container}")
 
