@@ -44,7 +44,9 @@ EXIT_ACCEPTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 #: The ``--help`` description: plain text, no reStructuredText markup.
 DESCRIPTION = "Audit image files with the import pipeline, list its plugins, print its discovery documents."
-_QUIET_LOGGERS = ("oslo_utils",)  # their warnings repeat what the findings already say
+#: Libraries whose log repeats what the findings say (oslo_utils) or describes themselves (libarchive's
+#: build): errors only by default, warnings with -v, everything with -vv.
+_QUIET_LOGGERS = ("oslo_utils", "libarchive")
 
 
 class UsageError(Exception):
@@ -203,7 +205,8 @@ def _logging(verbosity: int) -> Iterator[None]:
     root.addHandler(handler)
     root.setLevel(level)
     for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR if verbosity <= 0 else logging.NOTSET)
+        logging.getLogger(name).setLevel(logging.ERROR if verbosity <= 0 else logging.WARNING if verbosity == 1
+                                         else logging.NOTSET)
     try:
         yield
     finally:

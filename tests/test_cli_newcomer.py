@@ -19,7 +19,7 @@ from importhooks import settings as settings_module
 from importhooks.errors import ConfigError
 from importhooks.settings import MAX_CONFIG_BYTES, load_settings
 
-from . import images
+from . import images, ova_images
 from .test_cli import assert_one_line_error, write_config
 
 SCRIPT = Path(sys.executable).with_name("importhooks")
@@ -238,6 +238,21 @@ def test_unclaimed_container_is_unpacked_and_inspected(config, tmp_path, workdir
     assert finding["code"] == "container.not_allowed"
     assert finding["message"] == "The image is a gzip file; this cloud accepts only these container formats: bare."
     assert "None" not in finding["detail"]
+
+
+def test_an_ova_is_audited_by_default_and_unknown_facts_are_left_out(config, tmp_path):
+    disk = ova_images.stream_vmdk(tmp_path / "disk.vmdk")
+    path = ova_images.package(disk, os_type="").write(tmp_path / "vm.ova")  # no OS in the descriptor
+    done = cli("audit", "-v", path, "--config", config)
+    assert done.returncode == 0, done.stdout
+    assert "None" not in done.stdout and "True" not in done.stdout
+    assert "1. staged, " in done.stdout and "container_format=tar" in done.stdout
+    assert "2. extracted, " in done.stdout and "disk_format=vmdk" in done.stdout
+    assert "compressed_clusters=true" in done.stdout
+    assert "ovf_os_type" not in done.stdout  # null in JSON, left out of the text
+    assert "image.import.finished" in done.stderr and "libarchive" not in done.stderr
+    done = cli("audit", path, "--format", "json", "--config", config)
+    assert records(done.stdout)[0]["layers"][0]["ovf_os_type"] is None
 
 
 # --- messages --------------------------------------------------------------------------------------------------
