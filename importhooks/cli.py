@@ -357,7 +357,8 @@ _schema = _document(lambda pipeline: import_schema(pipeline.settings))
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``importhooks`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    out, err = sys.stdout, sys.stderr
+    # A closed descriptor (``>&-``) leaves sys.stdout or sys.stderr None: write into nothing instead.
+    out, err = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     except PluginLoadError as exc:
         message = f"plugin error: {exc}"
     except KeyboardInterrupt:
-        err.write("importhooks: interrupted\n")
+        _Output(err).line("importhooks: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # plugins, info or schema piped into head: the reader had enough, no failure
         _silence(out)

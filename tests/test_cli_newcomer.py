@@ -340,6 +340,17 @@ def test_closed_pipe_after_schema_is_no_failure(config):
     assert (done.returncode, done.stderr) == (0, "")
 
 
+def test_closed_descriptors_are_no_traceback(config, raw_file, tmp_path):
+    for redirect in (">&- 2>&-", ">&-"):  # Python then has no sys.stdout at all
+        command = f"{SCRIPT} audit {raw_file} --config {config} {redirect}"
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, (redirect, done.stderr)
+        assert "Traceback" not in done.stderr
+    command = f"{SCRIPT} audit {tmp_path / 'missing.raw'} --config {config} 2>&-"
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (2, "")
+
+
 SLOW = '''
 import os
 import time
