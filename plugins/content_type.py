@@ -53,13 +53,17 @@ CLAIMABLE = {
     "ova": frozenset({"tar"}),
 }
 
+#: Claims that say the data is the disk itself. Glance's ``ovf`` names a disk taken out of an OVF
+#: package (an OVA, the package in one file, is claimed ``ova``): a container claimed ``ovf`` is no disk.
+DISK_CLAIMS = frozenset({"bare", "ovf"})
+
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 
 CLAIM_MISMATCH = FindingCode(
     "container.claim_mismatch",
     "The image's container is not the one given in the request.",
-    "The claimed container_format does not match the data: 'bare' claimed for a compressed stream or an "
-    "archive, 'compressed' for data that is not compressed, 'ova' for data that is not a tar archive (the "
+    "The claimed container_format does not match the data: 'bare' (or 'ovf') claimed for a compressed "
+    "stream or an archive, 'compressed' for data that is not compressed, 'ova' for data that is not a tar archive (the "
     "message names what the data is). Claim the right container_format.",
 )
 NOT_ALLOWED = FindingCode(
@@ -102,9 +106,9 @@ def importhooks_inspect(context: ImportContext) -> None:
         return  # the claim describes the upload, the first layer
     if claimed is None:
         _unclaimed(context, container)
-    elif container != "bare" and claimed == "bare":
+    elif container != "bare" and claimed in DISK_CLAIMS:
         context.report(CLAIM_MISMATCH, f"The image looks like a {container} file, not a bare disk.",
-                       detail=f"claimed 'bare', libmagic sees {container}")
+                       detail=f"claimed {claimed!r}, libmagic sees {container}")
     elif claimed in CLAIMABLE and container not in CLAIMABLE[claimed]:
         what = "a bare disk" if container == "bare" else f"a {container} file"
         context.report(CLAIM_MISMATCH, f"The image is {what}, not the {claimed} container the request says.",

@@ -99,3 +99,21 @@ def test_unclaimed_container_outside_the_settings(settings, tmp_path, accepted, 
     assert result.findings[0].stage == "inspect"
     assert "None" not in (result.findings[0].detail or "")
     assert len(result.layers) == 1  # rejected before anything was unpacked
+
+
+def test_an_ovf_claim_is_a_disk_claim(settings, tmp_path):
+    with_ovf = settings.replace(container_formats=("bare", "ovf", "ova", "compressed"))
+    raw = images.raw_image(tmp_path / "disk.raw")
+    accepted = audit(with_ovf, raw, container_format="ovf")
+    assert accepted.verdict is Verdict.ACCEPT, accepted.findings
+    packed = tmp_path / "disk.gz"
+    packed.write_bytes(gzip.compress(raw.read_bytes()))
+    tar = tmp_path / "vm.tar"
+    with tarfile.open(tar, "w") as archive:
+        archive.add(raw, arcname="disk.raw")
+    for path, name in ((packed, "gzip"), (tar, "tar")):
+        result = audit(with_ovf, path, container_format="ovf")
+        assert codes(result) == ["container.claim_mismatch"]
+        assert result.findings[0].message == f"The image looks like a {name} file, not a bare disk."
+        assert result.findings[0].detail == f"claimed 'ovf', libmagic sees {name}"
+        assert len(result.layers) == 1  # nothing was unpacked
