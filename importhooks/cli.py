@@ -103,11 +103,15 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``importhooks`` command and its sub-commands."""
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="settings file (TOML); default: built-in defaults")
+    # SUPPRESS: a --config given before the command ('importhooks --config F audit') is not reset by it.
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file (TOML); default: built-in defaults")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="log more (-v: import events, -vv: progress events)")
     parser = _Parser(prog="importhooks", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"importhooks {version()}")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file (TOML) for any command; also accepted after the command")
     parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -217,7 +221,7 @@ def _logging(verbosity: int) -> Iterator[None]:
 
 
 def _load(args: argparse.Namespace, extra_plugins: Sequence[tuple[str, object]] = ()) -> Pipeline:
-    settings: Settings = load_settings(args.config)
+    settings: Settings = load_settings(getattr(args, "config", None))
     if getattr(args, "max_image_size", None) is not None:
         settings = settings.replace(max_image_size=args.max_image_size)
     return Pipeline.from_settings(settings, extra_plugins=extra_plugins)
@@ -236,7 +240,9 @@ def _check_paths(paths: Sequence[str]) -> None:
         except ValueError:  # a NUL byte: no file can have this name
             raise UsageError(f"not a valid path: {path}") from None
         if not stat.S_ISREG(mode):
-            raise UsageError(f"not a regular file: {path}")
+            folder = stat.S_ISDIR(mode)
+            hint = f" (a directory: give the image files in it, e.g. {path.rstrip('/')}/*)" if folder else ""
+            raise UsageError(f"not a regular file: {path}{hint}")
         if not os.access(path, os.R_OK):
             raise UsageError(f"cannot read {path}: permission denied")
 

@@ -429,6 +429,21 @@ def test_sarif_missing_path_is_a_usage_error_before_any_audit(config, raw_file, 
 # --- more of the same kind ----------------------------------------------------------------------------------------
 
 
+def test_config_before_the_command_and_a_directory_as_path(config, raw_file, tmp_path, workdir):
+    narrow = write_config(tmp_path / "qcow2.toml", workdir, "disk_formats = ['qcow2']")
+    done = cli("--config", narrow, "audit", raw_file, "--format", "json")  # was: invalid choice 'qcow2.toml'
+    assert done.returncode == 1, done.stderr
+    assert [f["code"] for f in records(done.stdout)[0]["findings"]] == ["format.not_allowed"]
+    done = cli("--config", narrow, "info")
+    assert json.loads(done.stdout)["disk-formats"]["value"] == ["qcow2"]
+    done = cli("--config", narrow, "info", "--config", config)  # after the command wins
+    assert json.loads(done.stdout)["disk-formats"]["value"] != ["qcow2"]
+    done = cli("audit", tmp_path, "--config", config)
+    assert done.returncode == 2
+    assert_one_line_error(done.stderr, "not a regular file", "a directory: give the image files in it",
+                          f"{tmp_path}/*")
+
+
 def test_stdin_dash_and_empty_file(config, tmp_path):
     done = cli("audit", "-", "--config", config)
     assert done.returncode == 2 and done.stdout == ""
