@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from ._cli_output import Output, silence
 from .context import ImportContext
 from .discovery import import_info, import_schema
 from .errors import ConfigError, PluginLoadError
@@ -247,27 +248,6 @@ def _check_paths(paths: Sequence[str]) -> None:
             raise UsageError(f"cannot read {path}: permission denied")
 
 
-class _Output:
-    """A stream the reader may close (``| head -1``): from then on, lines are dropped, not errors."""
-
-    def __init__(self, stream: IO[str], progress: ProgressBar | None = None) -> None:
-        self.stream = stream
-        self.progress = progress
-        self.closed = False
-
-    def line(self, text: str) -> None:
-        if self.closed:
-            return
-        try:
-            if self.progress is not None:
-                self.progress.clear()
-            self.stream.write(text + "\n")
-            self.stream.flush()
-        except BrokenPipeError:
-            self.closed = True
-            _silence(self.stream)
-
-
 def _request_parts(args: argparse.Namespace) -> tuple[Claims, Requester]:
     properties: dict[str, str] = {}
     for key, value in args.properties:
@@ -284,7 +264,7 @@ def _audit(args: argparse.Namespace, out_stream: IO[str], err_stream: IO[str]) -
     pipeline = _load(args, [("cli_progress", progress)] if progress else ())
     claims, requester = _request_parts(args)
     _check_paths(args.paths)
-    out, err = _Output(out_stream, progress), _Output(err_stream, progress)
+    out, err = Output(out_stream, progress), Output(err_stream, progress)
 
     def run_one(path: str) -> ImportResult | str:
         try:
@@ -385,22 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     except PluginLoadError as exc:
         message = f"plugin error: {exc}"
     except KeyboardInterrupt:
-        _Output(err).line("importhooks: interrupted")
+        Output(err).line("importhooks: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # plugins, info or schema piped into head: the reader had enough, no failure
-        _silence(out)
+        silence(out)
         return EXIT_ACCEPTED
-    _Output(err).line(f"importhooks: error: {one_line(message)}")
+    Output(err).line(f"importhooks: error: {one_line(message)}")
     return EXIT_ERROR
 
-
-def _silence(stream: IO[str]) -> None:
-    """Point a closed pipe's descriptor at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, stream.fileno())
-        finally:
-            os.close(devnull)
-    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (tests) or already closed
-        pass
