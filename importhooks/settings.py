@@ -223,8 +223,8 @@ def _read_config(path: str | Path) -> bytes:
     """The bytes of the settings file: a regular file of at most :data:`MAX_CONFIG_BYTES`.
 
     Opened without blocking (a FIFO with no writer cannot hang the caller) and
-    checked with ``fstat`` before a byte is read; at most one byte past the limit is
-    ever read, so ``/dev/zero`` or a file growing meanwhile cannot fill memory.
+    checked with ``fstat`` before a byte is read; at most 64 KiB past the limit are
+    ever read, so a ``/proc`` file or a file growing meanwhile cannot fill memory.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
@@ -241,15 +241,15 @@ def _read_config(path: str | Path) -> bytes:
         if status.st_size > MAX_CONFIG_BYTES:
             raise ConfigError("config", _too_large(path))
         chunks: list[bytes] = []
-        left = MAX_CONFIG_BYTES + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+        total = 0
+        while total <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 1 << 16)):  # whole chunks: /proc wants them
             chunks.append(chunk)
-            left -= len(chunk)
+            total += len(chunk)
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if left <= 0:  # it grew since fstat
+    if total > MAX_CONFIG_BYTES:  # it grew since fstat, or it is a /proc file whose size says 0
         raise ConfigError("config", _too_large(path))
     return b"".join(chunks)
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from importhooks import settings as settings_module
 from importhooks.errors import ConfigError
 from importhooks.settings import MAX_CONFIG_BYTES, load_settings
 
@@ -83,8 +82,10 @@ def _deep(tmp_path: Path) -> Path:
     (_fifo, ["not a regular file"]),
     (lambda _tmp_path: Path("/dev/zero"), ["not a regular file", "/dev/zero"]),
     (_one_gigabyte, ["larger than 1.0 MiB"]),
+    # A regular file whose st_size is 0 and whose content is hundreds of GiB: only the read loop's bound stops it.
+    (lambda _tmp_path: Path("/proc/self/pagemap"), ["larger than 1.0 MiB"]),
     (_deep, ["not valid TOML", "nested too deeply"]),
-], ids=["directory", "not-utf8", "fifo", "dev-zero", "1GB", "deep-nesting"])
+], ids=["directory", "not-utf8", "fifo", "dev-zero", "1GB", "proc-pagemap", "deep-nesting"])
 def test_config_that_is_no_settings_file_is_one_line_and_exit_2(tmp_path, raw_file, make, words):
     config = make(tmp_path)
     for argv in (["audit", raw_file], ["info"]):
@@ -96,15 +97,16 @@ def test_config_that_is_no_settings_file_is_one_line_and_exit_2(tmp_path, raw_fi
         assert time.monotonic() - started < 30
 
 
-def test_load_settings_reads_at_most_its_bound(monkeypatch, tmp_path):
-    # /proc files say st_size 0 yet hold data: only the read loop's own bound stops them.
-    monkeypatch.setattr(settings_module, "MAX_CONFIG_BYTES", 64)
-    with pytest.raises(ConfigError, match="larger than 64 B"):
-        load_settings("/proc/self/status")
-    exact = tmp_path / "exact.toml"
-    exact.write_text("# " + "x" * 61 + "\n")  # 64 bytes: allowed
-    assert load_settings(exact).container_formats == ("bare", "ova", "compressed")
-    assert MAX_CONFIG_BYTES == 1 << 20  # the documented default
+def test_load_settings_takes_exactly_its_bound(tmp_path):
+    config = tmp_path / "long.toml"
+    body = "os_types = ['linux']\n"
+    config.write_text(body + "#" * (MAX_CONFIG_BYTES - len(body) - 1) + "\n")
+    assert config.stat().st_size == MAX_CONFIG_BYTES == 1 << 20  # the documented bound
+    assert load_settings(config).os_types == ("linux",)
+    with open(config, "a") as handle:
+        handle.write("\n")
+    with pytest.raises(ConfigError, match=r"larger than 1\.0 MiB"):
+        load_settings(config)
 
 
 def test_config_with_a_byte_order_mark_loads(tmp_path):
