@@ -88,6 +88,12 @@ def _known(what: str, names: Sequence[str]) -> Callable[[str], str]:
     return check
 
 
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a name, got an empty one")
+    return text
+
+
 def _property(text: str) -> tuple[str, str]:
     key, equals, value = text.partition("=")
     if not equals or not key:
@@ -126,9 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--os-type", metavar="O", help="claim this os_type")
     audit.add_argument("--property", metavar="KEY=VALUE", type=_property, action="append", default=[],
                        dest="properties", help="an image property of the request, e.g. name=web01 (repeatable)")
-    audit.add_argument("--user", metavar="ID", help="the requester's user ID (default: anonymous)")
-    audit.add_argument("--project", metavar="ID", help="the requester's project ID")
-    audit.add_argument("--role", metavar="ROLE", action="append", default=[], dest="roles",
+    audit.add_argument("--user", metavar="ID", type=_name, help="the requester's user ID (default: anonymous)")
+    audit.add_argument("--project", metavar="ID", type=_name, help="the requester's project ID")
+    audit.add_argument("--role", metavar="ROLE", type=_name, action="append", default=[], dest="roles",
                        help="a role of the requester (repeatable)")
     audit.add_argument("--max-image-size", metavar="SIZE", type=_size,
                        help="override max_image_size: 4GiB, 512MiB, 1TiB or bytes")

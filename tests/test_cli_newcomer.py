@@ -214,8 +214,10 @@ def test_text_says_once_who_the_requester_is(policy, raw_file, tmp_path):
     (["--property", "name"], ["--property", "expected KEY=VALUE", "'name'"]),
     (["--property", "=x"], ["--property", "expected KEY=VALUE"]),
     (["--property", "name=a", "--property", "name=b"], ["--property name is given twice"]),
+    (["--project", ""], ["--project", "expected a name, got an empty one"]),
+    (["--role", "member", "--role", " "], ["--role", "expected a name"]),
 ])
-def test_bad_property_is_a_usage_error(config, raw_file, argv, words):
+def test_bad_property_or_requester_is_a_usage_error(config, raw_file, argv, words):
     done = cli("audit", raw_file, *argv, "--config", config)
     assert done.returncode == 2 and done.stdout == ""
     assert_one_line_error(done.stderr, *words)
