@@ -3,14 +3,16 @@
 ``importhooks audit PATH...`` runs the same pipeline an image service runs and
 prints each verdict as text, JSON lines or SARIF. Exit status: 0 every path was
 accepted, 1 at least one was rejected, 2 a usage, configuration or file error
-(one line on stderr, never a traceback). The command only reads its inputs; each
-run's temporary files are removed by the pipeline.
+(one line on stderr, never a traceback), 130 interrupted. A closed pipe stops the
+output, not the audit. The command only reads its inputs; each run's temporary
+files are removed by the pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from ._cli_output import Output, silence
 from .context import ImportContext
 from .discovery import import_info, import_schema
 from .errors import ConfigError, PluginLoadError
@@ -31,16 +34,20 @@ from .events import Event, EventType
 from .findings import Verdict
 from .hookspecs import hookimpl
 from .pipeline import Pipeline
-from .report import escape, render_json, render_summary, render_text
-from .request import Claims, ImportRequest
+from .report import escape, one_line, render_json, render_requester, render_summary, render_text
+from .request import Claims, ImportRequest, Requester
 from .result import ImportResult
 from .sarif import build_sarif
-from .settings import Settings, load_settings
+from .settings import CONTAINER_FORMATS, DISK_FORMATS, Settings, load_settings
 from .units import parse_size
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
-_QUIET_LOGGERS = ("oslo_utils",)  # their warnings repeat what the findings already say
+#: The ``--help`` description: plain text, no reStructuredText markup.
+DESCRIPTION = "Audit image files with the import pipeline, list its plugins, print its discovery documents."
+#: Libraries whose log repeats what the findings say (oslo_utils) or describes themselves (libarchive's
+#: build): errors only by default, warnings with -v, everything with -vv.
+_QUIET_LOGGERS = ("oslo_utils", "libarchive")
 
 
 class UsageError(Exception):
@@ -69,6 +76,31 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _known(what: str, names: Sequence[str]) -> Callable[[str], str]:
+    """An argument type accepting one of ``names`` exactly; anything else is a usage error naming them."""
+
+    def check(text: str) -> str:
+        if text in names:
+            return text
+        hint = f"; did you mean {text.lower()!r}?" if text.lower() in names else ""
+        raise argparse.ArgumentTypeError(f"unknown {what} {text!r} (known: {', '.join(names)}){hint}")
+
+    return check
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a name, got an empty one")
+    return text
+
+
+def _property(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
@@ -78,20 +110,32 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the ``importhooks`` command and its sub-commands."""
     common = _Parser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="settings file (TOML); default: built-in defaults")
+    # SUPPRESS: a --config given before the command ('importhooks --config F audit') is not reset by it.
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file (TOML); default: built-in defaults")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                         help="log more (-v: import events, -vv: progress events)")
-    parser = _Parser(prog="importhooks", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = _Parser(prog="importhooks", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"importhooks {version()}")
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="settings file (TOML) for any command; also accepted after the command")
     parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     audit = commands.add_parser("audit", parents=[common], help="check image files with the import pipeline",
                                 description="Run the import pipeline over each PATH and print its verdict.")
     audit.add_argument("paths", nargs="+", metavar="PATH", help="image file to audit (read, never written)")
-    audit.add_argument("--disk-format", metavar="D", help="claim this disk format, as an import request would")
-    audit.add_argument("--container-format", metavar="C", help="claim this container format")
+    audit.add_argument("--disk-format", metavar="D", type=_known("disk format", DISK_FORMATS),
+                       help=f"claim this disk format, as an import request would: {', '.join(DISK_FORMATS)}")
+    audit.add_argument("--container-format", metavar="C", type=_known("container format", CONTAINER_FORMATS),
+                       help=f"claim this container format: {', '.join(CONTAINER_FORMATS)}")
     audit.add_argument("--os-type", metavar="O", help="claim this os_type")
+    audit.add_argument("--property", metavar="KEY=VALUE", type=_property, action="append", default=[],
+                       dest="properties", help="an image property of the request, e.g. name=web01 (repeatable)")
+    audit.add_argument("--user", metavar="ID", type=_name, help="the requester's user ID (default: anonymous)")
+    audit.add_argument("--project", metavar="ID", type=_name, help="the requester's project ID")
+    audit.add_argument("--role", metavar="ROLE", type=_name, action="append", default=[], dest="roles",
+                       help="a role of the requester (repeatable)")
     audit.add_argument("--max-image-size", metavar="SIZE", type=_size,
                        help="override max_image_size: 4GiB, 512MiB, 1TiB or bytes")
     audit.add_argument("--format", choices=("text", "json", "sarif"), default="text",
@@ -172,7 +216,8 @@ def _logging(verbosity: int) -> Iterator[None]:
     root.addHandler(handler)
     root.setLevel(level)
     for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR if verbosity <= 0 else logging.NOTSET)
+        logging.getLogger(name).setLevel(logging.ERROR if verbosity <= 0 else logging.WARNING if verbosity == 1
+                                         else logging.NOTSET)
     try:
         yield
     finally:
@@ -183,7 +228,7 @@ def _logging(verbosity: int) -> Iterator[None]:
 
 
 def _load(args: argparse.Namespace, extra_plugins: Sequence[tuple[str, object]] = ()) -> Pipeline:
-    settings: Settings = load_settings(args.config)
+    settings: Settings = load_settings(getattr(args, "config", None))
     if getattr(args, "max_image_size", None) is not None:
         settings = settings.replace(max_image_size=args.max_image_size)
     return Pipeline.from_settings(settings, extra_plugins=extra_plugins)
@@ -191,6 +236,8 @@ def _load(args: argparse.Namespace, extra_plugins: Sequence[tuple[str, object]] 
 
 def _check_paths(paths: Sequence[str]) -> None:
     for path in paths:
+        if path == "-":
+            raise UsageError("'-' (standard input) is not supported: save the image to a file and give its path")
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
@@ -200,27 +247,34 @@ def _check_paths(paths: Sequence[str]) -> None:
         except ValueError:  # a NUL byte: no file can have this name
             raise UsageError(f"not a valid path: {path}") from None
         if not stat.S_ISREG(mode):
-            raise UsageError(f"not a regular file: {path}")
+            folder = stat.S_ISDIR(mode)
+            hint = f" (a directory: give the image files in it, e.g. {path.rstrip('/')}/*)" if folder else ""
+            raise UsageError(f"not a regular file: {path}{hint}")
         if not os.access(path, os.R_OK):
             raise UsageError(f"cannot read {path}: permission denied")
 
 
-def _emit(out: IO[str], text: str, progress: ProgressBar | None) -> None:
-    if progress is not None:
-        progress.clear()
-    out.write(text + "\n")
-    out.flush()
+def _request_parts(args: argparse.Namespace) -> tuple[Claims, Requester]:
+    properties: dict[str, str] = {}
+    for key, value in args.properties:
+        if key in properties:
+            raise UsageError(f"--property {key} is given twice")
+        properties[key] = value
+    claims = Claims(disk_format=args.disk_format, container_format=args.container_format, os_type=args.os_type,
+                    properties=properties)
+    return claims, Requester(user=args.user, project=args.project, roles=tuple(args.roles))
 
 
-def _audit(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    progress = ProgressBar(err) if args.format == "text" and err.isatty() else None
+def _audit(args: argparse.Namespace, out_stream: IO[str], err_stream: IO[str]) -> int:
+    progress = ProgressBar(err_stream) if args.format == "text" and err_stream.isatty() else None
     pipeline = _load(args, [("cli_progress", progress)] if progress else ())
+    claims, requester = _request_parts(args)
     _check_paths(args.paths)
-    claims = Claims(disk_format=args.disk_format, container_format=args.container_format, os_type=args.os_type)
+    out, err = Output(out_stream, progress), Output(err_stream, progress)
 
     def run_one(path: str) -> ImportResult | str:
         try:
-            return pipeline.run(ImportRequest(Path(path), claims))
+            return pipeline.run(ImportRequest(Path(path), claims, requester))
         except OSError as exc:  # the file vanished, or work_dir is unusable
             return f"cannot audit {path}: {exc.strerror or exc}"
 
@@ -232,24 +286,25 @@ def _audit(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             if isinstance(outcome, str):
                 errors.append((path, outcome))
                 audited.append((path, None))
-                _emit(err, f"importhooks: error: {escape(outcome)}", progress)
+                err.line(f"importhooks: error: {escape(outcome)}")
                 continue
             audited.append((path, outcome))
             if args.format == "json":
-                _emit(out, render_json(path, outcome), None)
+                out.line(render_json(path, outcome))
             elif args.format == "text":
-                _emit(out, render_text(path, outcome) + "\n", progress)
-    except BaseException:  # Ctrl-C, a closed stdout: stop the audits still running, at their next read
+                out.line(render_text(path, outcome) + "\n")
+    except BaseException:  # Ctrl-C: stop the audits still running, at their next read
         pipeline.killswitch.halt()
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     verdicts = [result.verdict for _path, result in audited if result is not None]
     if args.format == "text":
-        _emit(out, render_summary(verdicts, len(errors)), progress)
+        out.line(render_requester(requester))
+        out.line(render_summary(verdicts, len(errors)))
     elif args.format == "sarif":
         document = build_sarif(audited, pipeline.catalog, version(), errors=errors)
-        _emit(out, json.dumps(document, indent=2), None)
+        out.line(json.dumps(document, indent=2))
     if errors:
         return EXIT_ERROR
     return EXIT_REJECTED if Verdict.REJECT in verdicts else EXIT_ACCEPTED
@@ -294,7 +349,8 @@ _schema = _document(lambda pipeline: import_schema(pipeline.settings))
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``importhooks`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    out, err = sys.stdout, sys.stderr
+    # A closed descriptor (``>&-``) leaves sys.stdout or sys.stderr None: write into nothing instead.
+    out, err = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -315,19 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     except PluginLoadError as exc:
         message = f"plugin error: {exc}"
     except KeyboardInterrupt:
-        err.write("importhooks: interrupted\n")
+        Output(err).line("importhooks: interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # piped into head, say: nothing more to write
-        _silence_stdout()
-        return EXIT_ERROR
-    err.write(f"importhooks: error: {escape(message)}\n")
+    except BrokenPipeError:  # plugins, info or schema piped into head: the reader had enough, no failure
+        silence(out)
+        return EXIT_ACCEPTED
+    Output(err).line(f"importhooks: error: {one_line(message)}")
     return EXIT_ERROR
 
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # not a real file (tests) or already closed
-        pass

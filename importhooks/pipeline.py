@@ -189,7 +189,7 @@ class _Run:
             if code is not None and self.control.cancelled is None:  # the watcher recorded a cancel already
                 self.framework_finding(code, exc.detail or None)
             return  # Rejected: the plugin reported its finding itself
-        detail = f"{type(exc).__name__}: {exc!r}"[:500]
+        detail = describe_exception(exc)
         log.error("plugin %r failed in %s of request %s: %s", plugin, self.stage, self.context.request_id, detail)
         self.framework_finding(codes.PLUGIN_FAILED, detail, plugin=plugin)
 
@@ -292,6 +292,12 @@ class _Run:
         finally:
             FAILURE_RECORDER.reset(token)
         return Verdict.REJECT if verdict is Verdict.REJECT else verdict_of(self.sink.snapshot())
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``RuntimeError: boom`` for an operator: the type once, the message on one line, at most 500 characters."""
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:500]
 
 
 def _build_catalog(registry: PluginRegistry) -> dict[str, FindingCode]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .findings import Verdict
+from .request import Requester
 from .result import ImportResult
 from .units import format_size
 
@@ -58,6 +59,8 @@ def render_json(path: str, result: ImportResult) -> str:
 
 
 def _format_value(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as in the JSON output, not Python's True
     if isinstance(value, int) and not isinstance(value, bool) and key.endswith("size"):
         return f"{value} ({format_size(value)})" if value >= 1024 else str(value)
     if isinstance(value, (list, tuple)):
@@ -66,9 +69,11 @@ def _format_value(key: str, value: object) -> str:
 
 
 def _facts_line(facts: Mapping[str, Any]) -> str:
-    if not facts:
+    """``key=value, ...``; a fact whose value is unknown (``None``, JSON's ``null``) is left out."""
+    shown = {key: value for key, value in facts.items() if value is not None}
+    if not shown:
         return "none"
-    return ", ".join(f"{escape(key)}={_format_value(str(key), value)}" for key, value in facts.items())
+    return ", ".join(f"{escape(key)}={_format_value(str(key), value)}" for key, value in shown.items())
 
 
 def _finding_lines(result: ImportResult) -> list[str]:
@@ -92,8 +97,8 @@ def render_text(path: str, result: ImportResult) -> str:
     if len(result.layers) > 1:
         lines.append("  layers:")
         for number, layer in enumerate(result.layers, 1):
-            lines.append(f"    {number}. {escape(layer.kind)}, {_format_value('size', layer.size)} bytes: "
-                         f"{_facts_line(layer.facts)}")
+            size = f"{layer.size} bytes" + (f" ({format_size(layer.size)})" if layer.size >= 1024 else "")
+            lines.append(f"    {number}. {escape(layer.kind)}, {size}: {_facts_line(layer.facts)}")
     if result.properties:
         lines.append(f"  properties: {_facts_line(result.properties)}")
     if result.checksums is None:
@@ -114,3 +119,24 @@ def render_summary(verdicts: Iterable[Verdict], errors: int = 0) -> str:
     total = len(listed) + errors
     summary = f"{total} path{'s' if total != 1 else ''}: {accepted} accepted, {len(listed) - accepted} rejected"
     return summary + (f", {errors} not audited" if errors else "")
+
+
+def render_requester(requester: Requester) -> str:
+    """The line of text output saying who the audit imports as (anonymous without ``--user`` and the like)."""
+    if requester == Requester():
+        return "requester: anonymous (no --user, --project or --role given)"
+    parts = [f"{label} {escape(value)}" for label, value in (("user", requester.user),
+                                                             ("project", requester.project)) if value is not None]
+    if requester.roles:
+        parts.append("roles " + ", ".join(escape(role) for role in requester.roles))
+    return "requester: " + "; ".join(parts)
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: its lines joined with '; ', every other control character escaped.
+
+    Backslashes stay single: the message's own quoting (``repr`` of a bad value) is
+    shown as written, not escaped a second time.
+    """
+    joined = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    return "\\".join(escape(piece) for piece in joined.split("\\"))

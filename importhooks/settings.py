@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,12 +19,14 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
-from .units import parse_duration, parse_size
+from .units import format_size, parse_duration, parse_size
 
 STAGES = ("pre_validate", "inspect", "sanitize", "set_protected_properties", "finalize")
 
 DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "qed", "luks")
 CONTAINER_FORMATS = ("bare", "ova", "ovf", "compressed")
+#: Largest settings file :func:`load_settings` reads, in bytes; a real one is a few KiB.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _bool(value: object) -> bool:
@@ -118,9 +122,10 @@ class Settings:
         ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"), "Disk formats accepted for import.", _str_tuple
     )
     container_formats: tuple[str, ...] = _setting(
-        ("bare",),
-        "Container formats accepted for import. Only formats that an enabled plugin unpacks make sense "
-        "here: data still in a container after sanitize is rejected (container.not_unpacked).",
+        ("bare", "ova", "compressed"),
+        "Container formats accepted for import: by default every one a built-in plugin unpacks. Only formats "
+        "that an enabled plugin unpacks make sense here: data still in a container after sanitize is rejected "
+        "(container.not_unpacked).",
         _str_tuple,
     )
     max_image_size: int = _setting(
@@ -214,17 +219,65 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
     return settings
 
 
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Load settings from a TOML file; ``None`` gives the defaults."""
-    if path is None:
-        return Settings()
+def _read_config(path: str | Path) -> bytes:
+    """The bytes of the settings file: a regular file of at most :data:`MAX_CONFIG_BYTES`.
+
+    Opened without blocking (a FIFO with no writer cannot hang the caller) and
+    checked with ``fstat`` before a byte is read; at most 64 KiB past the limit are
+    ever read, so a ``/proc`` file or a file growing meanwhile cannot fill memory.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise ConfigError("config", f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError("config", f"not a regular file: {path}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise ConfigError("config", f"cannot open {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise ConfigError("config", f"not a regular file: {path}")
+        if status.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError("config", _too_large(path))
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_CONFIG_BYTES and (chunk := os.read(fd, 1 << 16)):  # whole chunks: /proc wants them
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if total > MAX_CONFIG_BYTES:  # it grew since fstat, or it is a /proc file whose size says 0
+        raise ConfigError("config", _too_large(path))
+    return b"".join(chunks)
+
+
+def _too_large(path: str | Path) -> str:
+    return f"{path} is larger than {format_size(MAX_CONFIG_BYTES)}, the most a settings file may be"
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load settings from a TOML file; ``None`` gives the defaults.
+
+    Every problem with the file (missing, not a regular file, larger than
+    :data:`MAX_CONFIG_BYTES`, not UTF-8, not TOML, a bad key) raises
+    :class:`~importhooks.errors.ConfigError`.
+    """
+    if path is None:
+        return Settings()
+    raw = _read_config(path)
+    try:
+        text = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is no error
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config", f"not UTF-8 text: byte {exc.start} of {path}") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("config", "not valid TOML: arrays or tables nested too deeply") from None
     return settings_from_mapping(data)
 
 

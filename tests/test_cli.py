@@ -137,7 +137,8 @@ def test_text_output_for_people(capsys, config, raw_file, backing_qcow2):
     assert "detail: qcow2: backing_file: Image has a backing file" in rejected
     assert "disk_format=qcow2" in rejected
     assert "checksums: none" in rejected
-    assert summary.strip() == "2 paths: 1 accepted, 1 rejected"
+    assert summary.strip() == ("requester: anonymous (no --user, --project or --role given)\n"
+                               "2 paths: 1 accepted, 1 rejected")
 
 
 def test_text_escapes_terminal_sequences_from_paths(capsys, tmp_path, config):
