@@ -4,7 +4,10 @@ Built-in plugins (:data:`DEFAULT_PLUGINS`), site plugins from the
 ``importhooks.plugins`` entry-point group and modules named in
 ``[plugins] enabled`` all go through one call, :meth:`PluginRegistry.register`.
 Nothing here runs at import time: a registry exists only when an embedder, the CLI
-or a test builds one.
+or a test builds one. Building one imports every built-in plugin module, but those
+modules load their heavy dependencies (oslo.utils' format inspectors, libarchive,
+libmagic, zstandard, defusedxml, oslo.concurrency) in the functions that use them,
+so a registry costs milliseconds and an import loads only what its data needs.
 
 Every hook implementation is registered behind a *guard* that names the plugin
 while it runs (so findings are attributed to it) and records a failure in the run's
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import importlib
-import importlib.metadata
 import inspect
 import types
 from collections.abc import Callable, Generator, Iterable
@@ -261,6 +263,8 @@ def _candidates(settings: Settings, extra: Iterable[tuple[str, object]]) -> list
     for module_name in DEFAULT_PLUGINS:
         found.append((_import(module_name, "built-in plugin"), module_name.rsplit(".", 1)[1], {"source": "builtin"}))
     if settings.plugins.entry_points:
+        import importlib.metadata  # only when entry points are wanted
+
         eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
         for ep in eps:
             try:
