@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +206,24 @@ def test_zstd_magic_is_zstandards_frame_header():
     from importhooks_plugins import compression
 
     assert compression.MAGIC["zstd"] == zstandard.FRAME_HEADER
+
+
+def test_plugins_command_verbose_lists_every_plugin_option(tmp_path):
+    """``importhooks plugins -v`` shows each plugin's options, the value in effect and its default."""
+    config = tmp_path / "importhooks.toml"
+    config.write_text('[plugins]\nentry_points = false\n[plugin.disk_format]\nchunk_size = 4096\n')
+    command = [str(Path(sys.executable).with_name("importhooks")), "plugins", "-v", "--config", str(config)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    assert "    plugin.disk_format.chunk_size = 4096 (default 1048576): Bytes read per step" in out
+    registry = build_registry(Settings(plugins=PluginSettings(entry_points=False)))
+    declared = registry.declared_options()
+    assert {"disk_format", "qcow2", "compression", "os_type"} <= set(declared)
+    for spec in declared.values():
+        for option in spec.options:
+            assert f"    plugin.{spec.section}.{option.name} = " in out, option.name
+    quiet = subprocess.run(command[:2] + command[3:], check=True, capture_output=True, text=True).stdout
+    assert "plugin.disk_format.chunk_size" not in quiet
+    as_json = subprocess.run([*command, "--format", "json"], check=True, capture_output=True, text=True).stdout
+    (disk_format,) = [p for p in json.loads(as_json)["plugins"] if p["name"] == "disk_format"]
+    assert disk_format["options"][0] == {"key": "plugin.disk_format.chunk_size", "value": "4096",
+                                         "default": "1048576", "doc": declared["disk_format"].options[0].doc}
