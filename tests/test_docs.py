@@ -120,7 +120,7 @@ def visible(text: str) -> str:
 
 
 def test_docs_build_every_page(html: Path) -> None:
-    for name in ("index", "hooks", "site_plugins", "settings", "cli", "codes", "api"):
+    for name in ("index", "installation", "hooks", "site_plugins", "embedding", "settings", "cli", "codes", "api"):
         text = page(html, name)
         assert "</html>" in text
 
