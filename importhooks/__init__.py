@@ -1,10 +1,14 @@
 """importhooks: a safe, operator-customizable image import pipeline.
 
-The names a plugin author or an embedder needs are importable from here::
+The names a plugin author or an embedder of the pipeline needs are importable from
+here::
 
     from importhooks import hookimpl, FindingCode, ImportContext
 
-Importing this package creates no plugin manager and reads no configuration.
+The server kit (:mod:`importhooks.staging`, :mod:`importhooks.runner`,
+:mod:`importhooks.validation`, :mod:`importhooks.status`,
+:mod:`importhooks.discovery`) is imported from its modules. Importing this package
+creates no plugin manager, reads no configuration and loads no plugin.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from .hookspecs import hookimpl
 from .killswitch import KillSwitch
 from .pipeline import Pipeline
 from .request import Claims, ImportRequest, Requester
-from .result import ImportResult
-from .settings import PluginOption, PluginOptions, Settings, load_settings
+from .result import ImportResult, Layer
+from .settings import PluginOption, PluginOptions, Settings, iter_setting_docs, load_settings, settings_from_mapping
 
 __all__ = [
     "Checksums",
@@ -35,6 +39,7 @@ __all__ = [
     "ImportResult",
     "ImporthooksError",
     "KillSwitch",
+    "Layer",
     "Pipeline",
     "PluginLoadError",
     "PluginOption",
@@ -46,5 +51,7 @@ __all__ = [
     "Severity",
     "Verdict",
     "hookimpl",
+    "iter_setting_docs",
     "load_settings",
+    "settings_from_mapping",
 ]

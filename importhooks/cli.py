@@ -34,6 +34,7 @@ from .events import Event, EventType
 from .findings import Verdict
 from .hookspecs import hookimpl
 from .pipeline import Pipeline
+from .plugins import toml_value
 from .report import escape, one_line, render_json, render_requester, render_summary, render_text
 from .request import Claims, ImportRequest, Requester
 from .result import ImportResult
@@ -143,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--jobs", "-j", metavar="N", type=_positive, default=1,
                        help="audit N paths at a time (output keeps the argument order)")
 
-    plugins = commands.add_parser("plugins", parents=[common], help="list the plugins and each hook's call order")
+    plugins = commands.add_parser("plugins", parents=[common], help="list the plugins and each hook's call order",
+                                  description="List the plugins and each hook's call order; with -v, each "
+                                              "plugin's options: value in effect, default, meaning.")
     plugins.add_argument("--format", choices=("text", "json"), default="text")
     commands.add_parser("info", parents=[common], help="print the value-discovery document (GET /v2/info/import)")
     commands.add_parser("schema", parents=[common], help="print the import request JSON schema")
@@ -310,13 +313,24 @@ def _audit(args: argparse.Namespace, out_stream: IO[str], err_stream: IO[str]) -
     return EXIT_REJECTED if Verdict.REJECT in verdicts else EXIT_ACCEPTED
 
 
+def _option_lines(pipeline: Pipeline) -> dict[str, list[tuple[str, str, str, str]]]:
+    """``importhooks plugins -v``: each plugin's options as (key, value in effect, default, doc)."""
+    return {name: [(f"plugin.{spec.section}.{option.name}", toml_value(pipeline.options[spec.section][option.name]),
+                    toml_value(option.default), option.doc) for option in spec.options]
+            for name, spec in pipeline.registry.declared_options().items()}
+
+
 def _plugins(args: argparse.Namespace, out: IO[str]) -> int:
-    registry = _load(args).registry
+    pipeline = _load(args)
+    registry = pipeline.registry
     infos = list(reversed(registry.infos.values()))  # registered last-called first: show in call order
     order = registry.hook_order()
+    options = _option_lines(pipeline) if getattr(args, "verbose", 0) else {}
     if args.format == "json":
         document = {"plugins": [{"name": i.name, "source": i.source, "module": i.module, "file": i.file,
-                                 "distribution": i.distribution, "version": i.version, "enabled": i.enabled}
+                                 "distribution": i.distribution, "version": i.version, "enabled": i.enabled,
+                                 **({"options": [dict(zip(("key", "value", "default", "doc"), row, strict=True))
+                                                 for row in options.get(i.name, [])]} if options else {})}
                                 for i in infos],
                     "hooks": order}
         out.write(json.dumps(document, indent=2) + "\n")
@@ -327,6 +341,9 @@ def _plugins(args: argparse.Namespace, out: IO[str]) -> int:
         state = "enabled" if info.enabled else "disabled"
         lines.append(f"  {escape(info.name)}: {escape(info.source)}, module {escape(info.module)}"
                      f"{escape(origin)}, {state}")
+        for key, value, default, doc in options.get(info.name, []):
+            changed = "" if value == default else f" (default {escape(default)})"
+            lines.append(f"    {escape(key)} = {escape(value)}{changed}: {escape(doc)}")
     lines.append("hook call order:")
     for hook, impls in order.items():
         lines.append(f"  {hook}:" + ("" if impls else " (no implementations)"))

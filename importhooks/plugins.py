@@ -4,7 +4,10 @@ Built-in plugins (:data:`DEFAULT_PLUGINS`), site plugins from the
 ``importhooks.plugins`` entry-point group and modules named in
 ``[plugins] enabled`` all go through one call, :meth:`PluginRegistry.register`.
 Nothing here runs at import time: a registry exists only when an embedder, the CLI
-or a test builds one.
+or a test builds one. Building one imports every built-in plugin module, but those
+modules load their heavy dependencies (oslo.utils' format inspectors, libarchive,
+libmagic, zstandard, defusedxml, oslo.concurrency) in the functions that use them,
+so a registry costs milliseconds and an import loads only what its data needs.
 
 Every hook implementation is registered behind a *guard* that names the plugin
 while it runs (so findings are attributed to it) and records a failure in the run's
@@ -15,12 +18,13 @@ swallow, the exception.
 from __future__ import annotations
 
 import contextvars
+import enum
 import functools
 import importlib
-import importlib.metadata
 import inspect
+import json
 import types
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +33,7 @@ import pluggy
 from . import hookspecs
 from .context import CURRENT_PLUGIN
 from .errors import PluginLoadError
-from .settings import Settings
+from .settings import PluginOptions, Settings
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.claims",
@@ -229,6 +233,15 @@ class PluginRegistry:
         proxy = self.pm.get_plugin(name)
         return getattr(proxy, "__importhooks_plugin__", None)
 
+    def declared_options(self) -> dict[str, PluginOptions]:
+        """Each enabled plugin's ``importhooks_plugin_options``, by plugin name, in call order."""
+        declared: dict[str, PluginOptions] = {}
+        for impl in reversed(self.pm.hook.importhooks_plugin_options.get_hookimpls()):
+            spec = impl.function()
+            if isinstance(spec, PluginOptions):
+                declared[str(getattr(impl.plugin, "__importhooks_name__", impl.plugin_name))] = spec
+        return declared
+
     def hook_order(self) -> dict[str, list[str]]:
         """For each hook, the plugins implementing it, in the order they are called."""
         order: dict[str, list[str]] = {}
@@ -243,6 +256,23 @@ def _describe(impl: pluggy.HookImpl) -> str:
     flags = [flag for flag in ("wrapper", "hookwrapper", "tryfirst", "trylast") if getattr(impl, flag)]
     name = getattr(impl.plugin, "__importhooks_name__", impl.plugin_name)
     return str(name) + (f" [{', '.join(flags)}]" if flags else "")
+
+
+def toml_value(value: object) -> str:
+    """An option's value as it is written in the settings file (sizes in bytes, durations in seconds)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _asdict(info: PluginInfo) -> dict[str, Any]:
@@ -261,6 +291,8 @@ def _candidates(settings: Settings, extra: Iterable[tuple[str, object]]) -> list
     for module_name in DEFAULT_PLUGINS:
         found.append((_import(module_name, "built-in plugin"), module_name.rsplit(".", 1)[1], {"source": "builtin"}))
     if settings.plugins.entry_points:
+        import importlib.metadata  # only when entry points are wanted
+
         eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
         for ep in eps:
             try:

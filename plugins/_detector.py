@@ -18,8 +18,10 @@ inspectors that have seen enough to know they do not match.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from oslo_utils.imageutils import format_inspector as fi
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
 
 SECTOR = 512
 #: Leading bytes of the formats oslo.utils knows, to tell "damaged X" from "raw".
@@ -46,6 +48,8 @@ class Detector:
     """Feeds chunks to every oslo.utils inspector; then says which matched and which broke."""
 
     def __init__(self) -> None:
+        from oslo_utils.imageutils import format_inspector as fi  # heavy: loaded on first use
+
         self._live: dict[str, fi.FileInspector] = {name: cls() for name, cls in fi.ALL_FORMATS.items()
                                                    if name != "raw"}
         self._done: dict[str, fi.FileInspector] = {}

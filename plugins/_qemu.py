@@ -30,9 +30,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from oslo_concurrency import processutils
+if TYPE_CHECKING:
+    from oslo_concurrency import processutils
 
 from importhooks import ImportContext, PluginOption
 from importhooks.units import parse_duration, parse_size
@@ -253,6 +254,8 @@ def run(
     while qemu-img runs (see :class:`_Watcher`). Raises :class:`QemuError` for every way
     qemu-img fails, or what ``watch`` raised.
     """
+    from oslo_concurrency import processutils  # heavy (oslo_utils.strutils): loaded on first use
+
     binary = shutil.which(program)
     if binary is None:
         raise QemuError(FAILED, f"qemu-img program not found: {program!r}")

@@ -17,9 +17,7 @@ import bz2
 import lzma
 import re
 import zlib
-from typing import Any, NoReturn
-
-import zstandard
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.data import BudgetedReader
@@ -27,6 +25,9 @@ from importhooks.units import format_size
 
 from ._streaming import SparseWriter, parse_ratio, ratio_exceeded
 from ._xz import XZ_MAGIC, xz_declared_size
+
+if TYPE_CHECKING:
+    import zstandard
 
 SECTION = "compression"
 KIND = "decompressed"
@@ -42,7 +43,7 @@ ZSTD_FEED_SIZE = 256
 OUT_CHUNK = 1 * MiB
 _NONZERO = re.compile(rb"[^\x00]")
 #: What each stream starts with; zstd also has skippable frames (0x184D2A5?).
-MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": XZ_MAGIC, "zstd": zstandard.FRAME_HEADER}
+MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": XZ_MAGIC, "zstd": b"\x28\xb5\x2f\xfd"}  # zstandard.FRAME_HEADER
 DETAIL_LIMIT = 200
 
 TOO_LARGE = FindingCode(
@@ -268,6 +269,8 @@ class _Unpacker:
             return _Decoder("bzip2", bz2.BZ2Decompressor())
         if self.algorithm == "xz":
             return _Decoder("xz", lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=window))
+        import zstandard  # heavy: loaded on first use
+
         if head.startswith(zstandard.FRAME_HEADER):  # not a skippable frame: check what the header declares
             try:
                 params = zstandard.get_frame_parameters(head)
@@ -305,6 +308,8 @@ class _Unpacker:
                 self.context.check()
 
     def _decode(self, decoder: _Decoder, piece: bytes) -> bytes:
+        import zstandard  # loaded by _decoder already
+
         try:
             return decoder.decompress(piece)
         except (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:

@@ -12,8 +12,6 @@ Fail closed: if the data that would be stored is still a container (no
 
 from __future__ import annotations
 
-import magic
-
 from importhooks import FindingCode, ImportContext, hookimpl
 
 SNIFF_BYTES = 64 * 1024
@@ -87,6 +85,8 @@ def importhooks_finding_codes() -> list[FindingCode]:
 
 def sniff(context: ImportContext) -> str:
     """The container the current layer looks like, or ``bare``."""
+    import magic  # heavy (libmagic through ctypes): loaded on first use
+
     with context.data.open() as handle:
         head = handle.read(SNIFF_BYTES)
     mime = magic.from_buffer(head, mime=True) if head else "application/x-empty"

@@ -29,12 +29,15 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
 
 from __future__ import annotations
 
-from oslo_utils.imageutils import format_inspector as fi
+from typing import TYPE_CHECKING
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.units import format_size, parse_size
 
 from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table
+
+if TYPE_CHECKING:
+    from oslo_utils.imageutils import format_inspector as fi
 
 POLYGLOT = FindingCode(
     "format.polyglot",
@@ -134,6 +137,8 @@ def importhooks_finding_codes() -> list[FindingCode]:
 
 
 def _safety_check(context: ImportContext, inspector: fi.FileInspector, detected: str, *, skip: set[str]) -> None:
+    from oslo_utils.imageutils import format_inspector as fi  # heavy: loaded on first use
+
     try:
         inspector.safety_check()
     except fi.SafetyCheckFailed as exc:
@@ -185,6 +190,8 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
         facts["subformat"] = "fixed"
         return "vhd", None
     facts["partition_table"] = partition_table(head)
+    from oslo_utils.imageutils import format_inspector as fi  # heavy: loaded on first use
+
     return "raw", matches.get("gpt") or fi.RawFileInspector()
 
 

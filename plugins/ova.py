@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from . import tar_rules
-from .tar_reader import ArchiveCorrupt, TarReader
 from .tar_rules import Kind, Limits, TarRules, Violation, clip
 
 if TYPE_CHECKING:
     from .ovf import OvfDescriptor
+    from .tar_reader import TarReader
 
 SECTION = "ova"
 EXTRACTED = "extracted"
@@ -158,6 +158,8 @@ class _Scan:
     first_unreferenced: str = ""
 
     def run(self) -> None:
+        from .tar_reader import TarReader  # heavy (libarchive through ctypes): loaded on first use
+
         rules = self.rules
         with self.context.data.open() as handle, TarReader(handle) as archive:
             for raw_name, kind, size, mode, link, sparse in archive.headers():
@@ -221,6 +223,8 @@ class _Scan:
 
             self.written = archive.read_to(write, self.context.check)
         if self.written != size:
+            from .tar_reader import ArchiveCorrupt
+
             raise ArchiveCorrupt(f"disk member holds {self.written} bytes, its header says {size}")
         self.digests[self.disk_href] = {hasher.name: hasher.hexdigest() for hasher in hashers}
 
@@ -287,6 +291,8 @@ def importhooks_sanitize(context: ImportContext) -> None:
     out = context.temp_path(".raw")
     max_manifest = int(context.options(SECTION).get("max_manifest_bytes", 64 << 10))
     scan = _Scan(context, out, max_manifest, TarRules(_limits(context), context.check))
+    from .tar_reader import ArchiveCorrupt
+
     try:
         scan.run()
     except (Violation, ArchiveCorrupt) as exc:

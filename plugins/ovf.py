@@ -28,10 +28,12 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from xml.etree.ElementTree import Element
+from typing import TYPE_CHECKING
 
-import defusedxml.ElementTree as safe_etree  # type: ignore[import-untyped]
-from defusedxml.common import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden  # type: ignore[import-untyped]
+if TYPE_CHECKING:
+    from xml.etree.ElementTree import Element
+
+    from defusedxml.common import EntitiesForbidden  # type: ignore[import-untyped]
 
 from importhooks import FindingCode, PluginOption, PluginOptions, hookimpl
 from importhooks.units import parse_size
@@ -181,6 +183,9 @@ def parse_descriptor(data: bytes, *, max_files: int = DEFAULT_MAX_FILES, max_dis
 
 
 def _parse_xml(data: bytes) -> Element:
+    import defusedxml.ElementTree as safe_etree  # type: ignore[import-untyped]  # loaded on first use
+    from defusedxml.common import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
+
     try:
         root: Element = safe_etree.fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DTDForbidden as exc:
@@ -199,6 +204,9 @@ def _parse_xml(data: bytes) -> Element:
 
 def _classify_internal_subset(data: bytes) -> OvfError:
     """Name what a DOCTYPE without an external DTD holds; parses again, entities still forbidden."""
+    import defusedxml.ElementTree as safe_etree
+    from defusedxml.common import EntitiesForbidden, ExternalReferenceForbidden
+
     try:
         safe_etree.fromstring(data, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except EntitiesForbidden as exc:

@@ -3,7 +3,11 @@ every hookspec is documented well enough to implement, and its examples work."""
 
 from __future__ import annotations
 
+import ast
+import html as html_lib
+import importlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -11,14 +15,18 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest
 
+import importhooks
 from importhooks import codes, hookspecs
+from importhooks.errors import BadRequest
 from importhooks.pipeline import Pipeline
 from importhooks.plugins import DEFAULT_PLUGINS, build_registry
 from importhooks.settings import STAGES, PluginSettings, Settings, iter_setting_docs, settings_from_mapping
+from importhooks.staging import image_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -106,8 +114,13 @@ def page(html: Path, name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def visible(text: str) -> str:
+    """A page's text as a reader sees it: no tags (syntax highlighting splits code into spans), entities decoded."""
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", text))
+
+
 def test_docs_build_every_page(html: Path) -> None:
-    for name in ("index", "hooks", "site_plugins", "settings", "cli", "codes", "api"):
+    for name in ("index", "installation", "hooks", "site_plugins", "embedding", "settings", "cli", "codes", "api"):
         text = page(html, name)
         assert "</html>" in text
 
@@ -221,3 +234,215 @@ def test_sample_settings_file_is_valid(tmp_path: Path) -> None:
 def test_python_examples_compile(name: str) -> None:
     for options, text in code_blocks(name, "python"):
         compile(text, f"{name}: {options.get('caption', 'code-block')}", "exec")
+
+
+# -- installation, packaging, embedding: the newcomer's path (issue 12) ----------------------------------
+
+
+def test_installation_page_says_what_setup_does_and_where_the_command_is(html: Path) -> None:
+    text = visible(page(html, "installation"))
+    assert 'href="installation.html"' in page(html, "index"), "installation is not in the table of contents"
+    setup = (ROOT / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    listed = re.search(r"^APT_PACKAGES=\((.*?)\)", setup, re.S | re.M)
+    assert listed is not None, "scripts/setup.sh has no APT_PACKAGES"
+    packages = listed.group(1).split()
+    assert {"qemu-utils", "libmagic1", "libarchive13"} <= set(packages)
+    for package in packages:
+        assert package in text, f"installation.html does not name the system package {package}"
+    for needed in (".venv/bin/importhooks", ". .venv/bin/activate", "/opt/importhooks/bin/pip install",
+                   "apt-get install qemu-utils libmagic1 libarchive13", "SKIP_DEMO=1"):
+        assert needed in text, f"installation.html does not show {needed!r}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "The command is then `.venv/bin/importhooks`" in readme
+    assert "docs/installation.rst" in readme
+
+
+def test_settings_page_lists_every_builtin_plugin_option(html: Path) -> None:
+    text = page(html, "settings")
+    registry = build_registry(Settings(plugins=PluginSettings(entry_points=False)))
+    declared = registry.declared_options()
+    assert "disk_format" in declared
+    for spec in declared.values():
+        for option in spec.options:
+            assert f"plugin.{spec.section}.{option.name}" in text, f"settings.html misses {spec.section}.{option.name}"
+    chunk = text.rsplit("plugin.disk_format.chunk_size", 1)[1].split("</tr>", 1)[0]  # its row in the table
+    assert "1048576" in chunk and "Bytes read per step" in chunk  # its default and meaning, from the code
+
+
+def test_tables_and_code_examples_wrap_instead_of_scrolling(html: Path) -> None:
+    """The docs' own CSS is linked from every page and makes tables and code blocks fit a 1280 px window
+    (checked by hand with headless Chromium: no element wider than the page on any page)."""
+    for name in ("codes", "hooks", "settings"):
+        assert '_static/importhooks.css' in page(html, name), f"{name}.html does not link importhooks.css"
+    css = (html / "_static" / "importhooks.css").read_text(encoding="utf-8")
+    rules = {selector.strip(): body for selector, body in re.findall(r"([^{}]+)\{([^}]*)\}", re.sub(
+        r"/\*.*?\*/", "", css, flags=re.S))}
+    assert "table-layout: fixed" in rules["table.docutils"] and "width: 100%" in rules["table.docutils"]
+    assert any("white-space: pre-wrap" in body for selector, body in rules.items() if "div.highlight pre" in selector)
+    assert any("white-space: normal" in body for selector, body in rules.items() if "code.literal" in selector)
+    assert "max-width: none" in rules["div.body"]
+
+
+def test_site_plugin_packaging_works_as_documented(tmp_path: Path) -> None:
+    """The files the page shows, in one directory, installed the way it says (offline here)."""
+    source, target = tmp_path / "acme-image-policy", tmp_path / "site"
+    source.mkdir()
+    for name, language in (("acme_image_policy.py", "python"), ("try_policy.py", "python"),
+                           ("pyproject.toml", "toml")):
+        (source / name).write_text(block("site_plugins.rst", language, name))
+    install = block("site_plugins.rst", "sh", "install")
+    assert "/opt/importhooks/bin/pip install ." in install
+    command = [sys.executable, "-m", "pip", "install", ".", "--no-deps", "--no-build-isolation", "--no-index",
+               "--disable-pip-version-check", "--target", str(target)]
+    done = subprocess.run(command, cwd=source, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert (target / "acme_image_policy.py").is_file()
+    assert not (target / "try_policy.py").exists(), "the try-out script was installed as a module"
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    cli = Path(sys.executable).with_name("importhooks")
+    listed = subprocess.run([str(cli), "plugins", "--format", "json"], env=env, capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    (plugin,) = [p for p in json.loads(listed.stdout)["plugins"] if p["name"] == "acme_policy"]
+    assert (plugin["source"], plugin["distribution"], plugin["version"]) == ("entry point", "acme-image-policy",
+                                                                             "2024.1")
+
+
+def _markdown_python(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def _importhooks_names() -> tuple[set[str], dict[str, set[str]]]:
+    """Public names of importhooks' modules, and each module's own public names."""
+    modules = {name: importlib.import_module(f"importhooks.{name}") for name in (
+        "context", "data", "discovery", "errors", "events", "findings", "killswitch", "pipeline", "request",
+        "result", "runner", "settings", "staging", "status", "validation")}
+    names = {attr for module in modules.values() for attr in vars(module) if not attr.startswith("_")
+             and getattr(getattr(module, attr), "__module__", "").startswith("importhooks")}
+    return names | set(importhooks.__all__), {name: set(vars(module)) for name, module in modules.items()}
+
+
+def _unbound_importhooks_names(code: str) -> set[str]:
+    """importhooks names a snippet uses without binding them itself (by import, assignment, def ...)."""
+    names, module_attrs = _importhooks_names()
+    tree = ast.parse(code)
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            bound.add(node.id)
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.attr in module_attrs.get(node.value.id, set()):
+                used.add(node.value.id)  # a kit module used as one: status.check(...)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in names:
+            used.add(node.id)
+    return used - bound
+
+
+@pytest.mark.parametrize("source", ["embedding.rst", "api.rst", "site_plugins.rst", "README.md"])
+def test_every_snippet_imports_the_importhooks_names_it_uses(source: str) -> None:
+    if source.endswith(".md"):
+        snippets = _markdown_python(ROOT / source)
+    else:
+        snippets = [text for _options, text in code_blocks(source, "python")]
+    assert snippets, f"{source} has no python snippet"
+    for snippet in snippets:
+        missing = _unbound_importhooks_names(snippet)
+        assert not missing, f"{source}: a snippet uses {sorted(missing)} without importing them:\n{snippet}"
+
+
+def test_snippet_check_finds_a_missing_import() -> None:
+    assert _unbound_importhooks_names("pipeline = Pipeline.from_settings(load_settings())\n") == {
+        "Pipeline", "load_settings"}
+    assert _unbound_importhooks_names("status.check(Call.STAGE, image.status)\n") == {"status", "Call"}
+    assert _unbound_importhooks_names("from importhooks import status\nfrom importhooks.status import Call\n"
+                                      "status.check(Call.STAGE, image.status)\n") == set()
+
+
+def test_readme_embedding_snippet_stores_through_store() -> None:
+    (snippet,) = [s for s in _markdown_python(ROOT / "README.md") if "Pipeline.from_settings" in s]
+    tree = ast.parse(snippet)
+    runs = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "run"]
+    assert runs and all("store" in {keyword.arg for keyword in run.keywords} for run in runs)
+    assert "request_id=image_id" in snippet  # the image's UUID names the run
+
+
+def test_image_id_rule_is_in_the_guide_and_holds(html: Path) -> None:
+    text = page(html, "embedding")
+    assert "Image ids are UUIDs" in text and "image_key" in text and "uuid4()" in text
+    key = str(uuid.uuid4())
+    assert image_key(key.upper()) == key
+    for bad in ("../../etc/passwd", "IMAGE_ID", key + "/x", ""):
+        with pytest.raises(BadRequest) as info:
+            image_key(bad)
+        assert info.value.field == "image_id"
+
+
+def test_api_page_promise_holds() -> None:
+    """Everything api.rst documents above *The server kit* is importable from ``importhooks``."""
+    text = (DOCS / "api.rst").read_text(encoding="utf-8").split("The server kit\n", 1)[0]
+    targets = re.findall(r"^\.\. auto(?:class|function):: (importhooks\.[\w.]+)$", text, re.M)
+    assert len(targets) > 15
+    for target in targets:
+        module_name, name = target.rsplit(".", 1)
+        assert name in importhooks.__all__, f"api.rst documents {target}, which importhooks does not export"
+        assert getattr(importhooks, name) is getattr(importlib.import_module(module_name), name)
+    for error in ("ImporthooksError", "ConfigError", "PluginLoadError", "RunAborted", "Rejected"):
+        assert error in text and error in importhooks.__all__
+
+
+# -- example messages are the real ones ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real text output of the audit installation.rst shows (the images it describes, built for real)."""
+    directory = tmp_path_factory.mktemp("audited")
+    with open(directory / "disk.raw", "wb") as handle:
+        handle.truncate(1 << 20)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/passwd", "-F", "raw",
+                    "evil.qcow2", "64M"], cwd=directory, check=True)
+    cli = Path(sys.executable).with_name("importhooks")
+    done = subprocess.run([str(cli), "audit", "--disk-format", "qcow2", "disk.raw", "evil.qcow2"], cwd=directory,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    return done.stdout
+
+
+def test_documented_audit_output_is_the_real_output(audited: str) -> None:
+    documented = block("installation.rst", "text", "importhooks audit --disk-format qcow2 disk.raw evil.qcow2")
+    real = iter(audited.splitlines())
+    for line in documented.splitlines():
+        if line.strip() == "...":
+            continue
+        assert any(got == line for got in real), f"not in the real output (in this order): {line!r}\n{audited}"
+    messages = re.findall(r"^\s+(?:error|warning|info) \S+ \[.*\]\n\s+(.*)$", documented, re.M)
+    assert len(messages) == 2
+
+
+def test_readme_demo_message_is_the_real_message(audited: str) -> None:
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    quoted = re.search(r"`qcow2\.backing_file`, whose message the image's owner would see is \"([^\"]+)\"", readme)
+    assert quoted is not None
+    assert f"      {quoted.group(1)}\n" in audited
+
+
+def test_finding_lines_in_the_docs_name_real_codes_and_their_plugins() -> None:
+    """Sample output anywhere in the docs names codes that exist, with the plugin that declares them."""
+    declared = builtin_codes()
+    pages = [*DOCS.glob("*.rst"), *DOCS.glob("*/*.rst"), ROOT / "README.md"]
+    seen = 0
+    for path in pages:
+        for code, plugin in re.findall(r"(?:error|warning|info) ([a-z0-9_.]+) \[stage \w+, plugin (\w+)\]",
+                                       path.read_text(encoding="utf-8")):
+            seen += 1
+            assert declared.get(code) == plugin, f"{path.name}: {code} is not declared by {plugin}"
+    assert seen >= 2

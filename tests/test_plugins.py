@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +163,67 @@ def test_disabling_a_plugin_keeps_its_table_valid():
                                       "plugins": {"entry_points": False, "disabled": ["opt"]}})
     pipeline = Pipeline.from_settings(settings, extra_plugins=[("opt", Options())])
     assert "opt" not in pipeline.options and pipeline.registry.infos["opt"].enabled is False
+
+
+#: Dependencies a built-in plugin loads in the function that uses them, never at registration.
+HEAVY_MODULES = ("oslo_utils.imageutils", "oslo_utils.imageutils.format_inspector", "oslo_utils.strutils",
+                 "oslo_concurrency.processutils", "libarchive", "zstandard", "magic", "defusedxml", "cryptography")
+_LAZY_PROBE = """
+import json, subprocess, sys
+from pathlib import Path
+import importhooks
+from importhooks import Claims, ImportRequest, Pipeline, load_settings
+heavy = {heavy!r}
+def loaded():
+    return sorted(m for m in heavy if m in sys.modules)
+pipeline = Pipeline.from_settings(load_settings())
+after_build = loaded()
+builtins = sorted(n for n, i in pipeline.registry.infos.items() if i.source == "builtin" and i.enabled)
+result = pipeline.run(ImportRequest(Path(sys.argv[1]), Claims(disk_format="qcow2", container_format="bare")))
+print(json.dumps({{"after_build": after_build, "after_run": loaded(), "builtins": builtins,
+                  "verdict": result.verdict.value}}))
+"""
+
+
+def test_building_a_pipeline_loads_no_heavy_dependency(tmp_path):
+    """A fresh process: ``Pipeline.from_settings`` registers every built-in plugin but loads none of the
+    heavy dependencies; auditing a qcow2 then loads what that audit uses (and accepts it)."""
+    image = tmp_path / "empty.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    code = _LAZY_PROBE.format(heavy=HEAVY_MODULES)
+    out = subprocess.run([sys.executable, "-c", code, str(image)], check=True, capture_output=True, text=True)
+    report = json.loads(out.stdout)
+    assert report["after_build"] == []
+    assert report["builtins"] == sorted(module.rsplit(".", 1)[1] for module in DEFAULT_PLUGINS)
+    assert report["verdict"] == "accept"
+    assert {"oslo_utils.imageutils", "magic"} <= set(report["after_run"])  # every audit detects and sniffs
+    assert not {"libarchive", "zstandard", "defusedxml"} & set(report["after_run"])  # no archive, no zstd, no OVF
+
+
+def test_zstd_magic_is_zstandards_frame_header():
+    """compression.py spells the zstd magic out so that zstandard loads only to decompress."""
+    import zstandard
+    from importhooks_plugins import compression
+
+    assert compression.MAGIC["zstd"] == zstandard.FRAME_HEADER
+
+
+def test_plugins_command_verbose_lists_every_plugin_option(tmp_path):
+    """``importhooks plugins -v`` shows each plugin's options, the value in effect and its default."""
+    config = tmp_path / "importhooks.toml"
+    config.write_text('[plugins]\nentry_points = false\n[plugin.disk_format]\nchunk_size = 4096\n')
+    command = [str(Path(sys.executable).with_name("importhooks")), "plugins", "-v", "--config", str(config)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    assert "    plugin.disk_format.chunk_size = 4096 (default 1048576): Bytes read per step" in out
+    registry = build_registry(Settings(plugins=PluginSettings(entry_points=False)))
+    declared = registry.declared_options()
+    assert {"disk_format", "qcow2", "compression", "os_type"} <= set(declared)
+    for spec in declared.values():
+        for option in spec.options:
+            assert f"    plugin.{spec.section}.{option.name} = " in out, option.name
+    quiet = subprocess.run(command[:2] + command[3:], check=True, capture_output=True, text=True).stdout
+    assert "plugin.disk_format.chunk_size" not in quiet
+    as_json = subprocess.run([*command, "--format", "json"], check=True, capture_output=True, text=True).stdout
+    (disk_format,) = [p for p in json.loads(as_json)["plugins"] if p["name"] == "disk_format"]
+    assert disk_format["options"][0] == {"key": "plugin.disk_format.chunk_size", "value": "4096",
+                                         "default": "1048576", "doc": declared["disk_format"].options[0].doc}
