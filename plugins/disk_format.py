@@ -24,7 +24,11 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
   while the ``qed`` plugin is enabled);
 * it takes a dynamic VHD's virtual size from the footer's original size, qemu from
   its current size: the current size is used here (the ``vhd`` plugin rejects a
-  footer where the two differ).
+  footer where the two differ);
+* it cannot read an embedded VMDK descriptor that is not ASCII (qemu reads the
+  bytes, VMware UTF-8) and then refuses it: while the ``vmdk`` plugin is enabled,
+  it checks the embedded descriptor of a sparse VMDK instead (a superset of
+  oslo's rules), and the virtual size is the header's capacity.
 """
 
 from __future__ import annotations
@@ -150,6 +154,8 @@ def _skipped_checks(context: ImportContext, detected: str, layout: str | None) -
         return {"mbr"}  # a filesystem boot sector, not an MBR
     if detected == "qed" and "qed" in context.enabled_plugins:
         return {"banned"}
+    if detected == "vmdk" and "vmdk" in context.enabled_plugins and context.data.read_at(0, 4) == b"KDMV":
+        return {"descriptor"}  # the vmdk plugin parses the embedded descriptor, UTF-8 too
     if detected == "qcow2":
         header = context.data.read_at(0, 80)
         if header[4:8] == b"\0\0\0\3" and len(header) == 80:
@@ -216,6 +222,8 @@ def importhooks_inspect(context: ImportContext) -> None:
             virtual_size = int.from_bytes(detector.last_sector[48:56], "big")
         elif detected == "vhd":  # dynamic VHD: the current size, as qemu reads it (oslo reads the original)
             virtual_size = int.from_bytes(head[48:56], "big")
+        elif detected == "vmdk" and head.startswith(b"KDMV"):  # oslo says 0 for a descriptor it cannot read
+            virtual_size = int.from_bytes(head[12:20], "little") * SECTOR
         else:
             virtual_size = int(inspector.virtual_size)
     except Exception as exc:  # noqa: BLE001 - a malformed header must end in a finding

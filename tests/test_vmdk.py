@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from importhooks_plugins import _vmdk_descriptor as vd
 from importhooks_plugins import vmdk
 
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
@@ -36,6 +38,24 @@ def rejected_with(settings, path: Path, code: str, **claims):
     for finding in result.findings:
         assert "passwd" not in finding.message and "/" not in finding.message, finding
     return result
+
+
+def accepted_with_warnings(settings, path: Path, *warnings: str):
+    """Audit ``path`` claimed vmdk; assert it is accepted, with exactly ``warnings`` as findings."""
+    result = audit(settings, path, disk_format="vmdk")
+    assert result.verdict is Verdict.ACCEPT, [(f.code, f.detail) for f in result.findings]
+    assert sorted(codes(result)) == sorted(warnings), result.findings
+    assert all(f.severity.value == "warning" for f in result.findings)
+    return result
+
+
+def qemu_opens(path: Path) -> None:
+    """qemu-img opens ``path`` as a VMDK and reads every sector (``check`` needs no parse of its own)."""
+    for command in (["info", "-f", "vmdk"], ["convert", "-f", "vmdk", "-O", "raw"]):
+        target = [str(path.with_suffix(".out"))] if command[0] == "convert" else []
+        run = subprocess.run(["qemu-img", *command, str(path), *target], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    path.with_suffix(".out").unlink()
 
 
 def detail(result, code: str) -> str:
@@ -108,6 +128,93 @@ def test_extent_named_after_any_plain_file_is_accepted(settings, copy, name):
     path = v.rewrite_descriptor(copy("sparse"), v.replace_line("RW ", f'RW 131072 SPARSE "{name}"'))
     result = audit(settings, path, disk_format="vmdk")
     assert result.verdict is Verdict.ACCEPT, result.findings
+
+
+# -- UTF-8 descriptors ----------------------------------------------------------------
+
+UTF8 = v.add_line_after("version", 'encoding="UTF-8"')
+
+
+def with_name(name: str, *changes) -> Callable[[str], str]:
+    """A descriptor change naming the extent ``name`` (after ``changes``)."""
+    def change(text: str) -> str:
+        for other in changes:
+            text = other(text)
+        return v.replace_line("RW ", f'RW 8192 SPARSE "{name}"')(text)
+
+    return change
+
+
+@pytest.mark.parametrize("name", ["disque-\u00e9t\u00e9.vmdk", "\u30c7\u30a3\u30b9\u30af.vmdk",
+                                  "\u0434\u0438\u0441\u043a (copy).vmdk", "\uff21\uff22.vmdk"])
+def test_utf8_descriptor_with_a_non_ascii_extent_name_is_accepted(settings, copy, pristine, name):
+    """qemu opens it and reads exactly its ASCII twin; it was vmdk.descriptor_syntax (and oslo's vmdk.descriptor)."""
+    path = v.rewrite_descriptor(copy("sparse_data"), with_name(name, UTF8), encoding="utf-8")
+    qemu_opens(path)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "vmdk", str(pristine["sparse_data"]),
+                              str(path)], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    result = audit(settings, path, disk_format="vmdk")
+    assert result.verdict is Verdict.ACCEPT, result.findings
+    facts = result.layers[-1].facts
+    assert facts["subformat"] == "monolithicSparse" and facts["virtual_size"] == 4 << 20
+
+
+def test_utf8_comment_in_a_stream_optimized_descriptor_is_accepted(settings, copy):
+    comment = v.add_line_after("createType", 'ddb.comment = "Serveur de fichiers \u2014 \u00e9t\u00e9"')
+    path = v.rewrite_descriptor(copy("stream_data"), lambda text: UTF8(comment(text)), encoding="utf-8")
+    qemu_opens(path)
+    assert audit(settings, path, disk_format="vmdk").verdict is Verdict.ACCEPT
+
+
+@pytest.mark.parametrize(("change", "encoding", "code", "why"), [
+    # Another reader would decode the bytes to other characters, or cannot decode them.
+    (with_name("disque-\u00e9.vmdk"), "utf-8", "vmdk.descriptor_syntax", "encoding ''"),
+    (with_name("\u30c7\u30a3\u30b9\u30af.vmdk", v.add_line_after("version", 'encoding="Shift_JIS"')),
+     "utf-8", "vmdk.descriptor_syntax", "encoding 'Shift_JIS'"),
+    (with_name("disque-\u00e9.vmdk", UTF8), "latin-1", "vmdk.descriptor_syntax", "not UTF-8"),
+    (with_name("\u8868.vmdk", v.add_line_after("version", 'encoding="Shift_JIS"')), "shift_jis",
+     "vmdk.descriptor_syntax", "not UTF-8"),  # 0x955C: its second byte is a backslash to a byte reader
+    # Invisible characters: C1 control (NEL, a line break elsewhere), bidi override, no-break space, BOM.
+    (with_name("disk\u0085RW 8 FLAT x.vmdk", UTF8), "utf-8", "vmdk.descriptor_syntax", "invisible"),
+    (with_name("kmd.\u202eexe.vmdk", UTF8), "utf-8", "vmdk.descriptor_syntax", "invisible"),
+    (with_name("disk\u00a0name.vmdk", UTF8), "utf-8", "vmdk.descriptor_syntax", "invisible"),
+    (lambda text: "\ufeff" + UTF8(text), "utf-8", "vmdk.descriptor_syntax", "invisible"),
+    # Paths once compatibility forms or Windows' best-fit mapping apply.
+    (with_name("..\uff0f..\uff0fetc\uff0fpasswd", UTF8), "utf-8", "vmdk.file_reference", "a path"),
+    (with_name("\uff0e\uff0e\uff3cdisk.vmdk", UTF8), "utf-8", "vmdk.file_reference", "a path"),
+    (with_name("c\uff1adisk.vmdk", UTF8), "utf-8", "vmdk.file_reference", "protocol or drive"),
+    (with_name("disk\u00a5passwd.vmdk", UTF8), "utf-8", "vmdk.file_reference", "separator"),
+    (with_name("disk\u2215passwd.vmdk", UTF8), "utf-8", "vmdk.file_reference", "separator"),
+    (with_name("\uff0ehidden.vmdk", UTF8), "utf-8", "vmdk.file_reference", "not a plain file name"),
+    (with_name("disk\uff0dflat.vmdk", UTF8), "utf-8", "vmdk.file_reference", "flat, split"),
+    (with_name("\u00e9" * 128 + ".vmdk", UTF8), "utf-8", "vmdk.file_reference", "bytes"),
+    # A size in other digits: Python's int() reads them, qemu's sscanf does not.
+    (lambda text: UTF8(text).replace("RW 8192", "RW \u0668\u0661\u0669\u0662"), "utf-8",
+     "vmdk.descriptor_syntax", "size"),
+    (v.add_line_after("version", "create\u0422ype=\"monolithicFlat\""), "utf-8", "vmdk.descriptor_syntax",
+     "unrecognised"),
+])
+def test_non_ascii_descriptor_text_that_cannot_be_trusted(settings, copy, change, encoding, code, why):
+    path = v.rewrite_descriptor(copy("sparse_data"), change, encoding=encoding)
+    result = rejected_with(settings, path, code, disk_format="vmdk")
+    assert why in detail(result, code), detail(result, code)
+    assert all((f.detail or "").isascii() for f in result.findings)  # names are escaped in details
+
+
+def test_non_ascii_name_is_escaped_in_the_detail(settings, copy):
+    path = v.rewrite_descriptor(copy("sparse_data"), with_name("d\u00e9j\u00e0/../passwd", UTF8),
+                                encoding="utf-8")
+    result = rejected_with(settings, path, "vmdk.file_reference", disk_format="vmdk")
+    assert "d\\xe9j\\xe0/../passwd" in detail(result, "vmdk.file_reference")
+
+
+@pytest.mark.parametrize("create_type", ['createType=monolithicSparse', 'createType = "monolithicSparse"'])
+def test_create_type_not_written_as_oslo_reads_it(settings, copy, create_type):
+    """oslo.utils finds createType by the substring 'createtype="'; the vmdk plugin, checking in its
+    place, rejects what oslo would not find."""
+    path = v.rewrite_descriptor(copy("sparse"), v.replace_line("createType", create_type))
+    rejected_with(settings, path, "vmdk.create_type", disk_format="vmdk")
 
 
 # -- claims -------------------------------------------------------------------------
@@ -195,9 +302,12 @@ def test_create_type_other_than_single_file_sparse(settings, copy, create_type):
     assert repr(create_type) in detail(result, "vmdk.create_type")
 
 
-def test_create_type_disagreeing_with_the_header(settings, copy):
-    path = v.rewrite_descriptor(copy("sparse"), v.replace_line("createType", 'createType="streamOptimized"'))
-    rejected_with(settings, path, "vmdk.subformat_mismatch", disk_format="vmdk")
+def test_create_type_disagreeing_with_the_header_is_a_warning(settings, copy):
+    """qemu ignores createType in a sparse file and reads the grains as the header says: a warning only."""
+    path = v.rewrite_descriptor(copy("sparse_data"), v.replace_line("createType", 'createType="streamOptimized"'))
+    qemu_opens(path)
+    result = accepted_with_warnings(settings, path, "vmdk.subformat_mismatch")
+    assert result.layers[-1].facts["subformat"] == "monolithicSparse"  # what qemu reads: uncompressed grains
 
 
 @pytest.mark.parametrize("change", [
@@ -218,8 +328,8 @@ def test_linked_clone_is_rejected(settings, copy, change):
     (v.add_line_after("createType", "version=1\x0bRW 2048 FLAT \"x\" 0"), b"", "vmdk.descriptor_syntax"),
     (v.add_line_after("createType", 'changeTrackPath="disk-ctk.vmdk"'), b"", "vmdk.file_reference"),
     (lambda text: text, SMUGGLED.encode() + b"\n", "vmdk.descriptor_syntax"),
-    (lambda text: text + "\n" * vmdk.DESCRIPTOR_MAX_LINES, b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "ddb.x = \"" + "a" * vmdk.DESCRIPTOR_MAX_LINE_LENGTH + "\""), b"",
+    (lambda text: text + "\n" * vd.DESCRIPTOR_MAX_LINES, b"", "vmdk.descriptor_syntax"),
+    (v.add_line_after("createType", "ddb.x = \"" + "a" * vd.DESCRIPTOR_MAX_LINE_LENGTH + "\""), b"",
      "vmdk.descriptor_syntax"),
 ])
 def test_descriptor_text_that_cannot_be_trusted(settings, copy, change, tail, code):
@@ -274,17 +384,14 @@ def test_truncated_descriptor_is_a_finding_not_an_exception(pristine, length):
     ({"capacity": 0}, "vmdk.header", "capacity 0"),
     ({"num_gtes_per_gt": 1024}, "vmdk.header", "numGTEsPerGT"),
     ({"num_gtes_per_gt": 0}, "vmdk.header", "numGTEsPerGT"),
-    ({"grain_size": 96}, "vmdk.header", "grainSize"),
-    ({"grain_size": 1 << 20}, "vmdk.header", "grainSize"),
     ({"grain_size": 0}, "vmdk.header", "grainSize"),
-    ({"flags": 0x3 | (1 << 9)}, "vmdk.header", "flags"),
-    ({"compress_algorithm": 2}, "vmdk.header", "compressAlgorithm"),
+    ({"grain_size": vmdk.GRAIN_QEMU_MAX_SECTORS * 2}, "vmdk.header", "grainSize"),
     ({"version": 4}, "vmdk.header", "version"),
     ({"version": 0}, "vmdk.header", "version"),
     ({"descriptor_offset": 1 << 30}, "vmdk.descriptor_location", "descriptorOffset"),
     ({"descriptor_offset": 2}, "vmdk.descriptor_location", "descriptorOffset"),
     ({"descriptor_offset": 0}, "vmdk.descriptor_location", "no embedded descriptor"),
-    ({"gd_offset": 10}, "vmdk.table_location", "gdOffset"),
+    ({"gd_offset": 1}, "vmdk.table_location", "gdOffset"),
     ({"gd_offset": 1 << 40}, "vmdk.truncated", "gdOffset"),
     ({"rgd_offset": 0}, "vmdk.table_location", "rgdOffset"),
     ({"overhead": 1 << 50}, "vmdk.truncated", "grain data"),
@@ -296,18 +403,48 @@ def test_bad_header_fields(settings, copy, fields, code, why):
     assert why in detail(result, code)
 
 
-def test_damaged_newline_check_bytes(settings, copy):
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"grain_size": 96}, "grainSize"),
+    ({"grain_size": 4096}, "grainSize"),
+    ({"flags": 0x3 | (1 << 9)}, "flags"),
+    ({"compress_algorithm": 2}, "compressAlgorithm"),
+    ({"num_gtes_per_gt": 256}, "numGTEsPerGT"),
+])
+def test_header_fields_qemu_tolerates_are_warnings(settings, copy, fields, why):
+    """qemu opens these (grains are read as the header says, files stay self-contained): a warning only."""
+    path = v.patch_header(copy("sparse_data"), **fields)
+    qemu_opens(path)
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual")
+    assert why in detail(result, "vmdk.header_unusual")
+
+
+def test_damaged_newline_check_bytes_are_a_warning(settings, copy):
     path = v.patch_bytes(copy("sparse"), 73, b"\n \n\n")  # what a text-mode transfer does to "\n \r\n"
-    result = rejected_with(settings, path, "vmdk.header", disk_format="vmdk")
-    assert "newline" in detail(result, "vmdk.header")
+    qemu_opens(path)
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual")
+    assert "newline" in detail(result, "vmdk.header_unusual")
 
 
-@pytest.mark.parametrize("size", [vmdk.DESCRIPTOR_MAX_SECTORS + 1, 1 << 40])
-def test_absurd_descriptor_size(settings, copy, size):
-    """A file over 1 MiB, so oslo.utils' capped read of the descriptor completes and this plugin runs."""
+@pytest.mark.parametrize("size", [21, 100, vmdk.DESCRIPTOR_MAX_SECTORS + 1, 1 << 40])
+def test_descriptor_size_larger_than_needed_is_a_warning(settings, copy, pristine, size):
+    """qemu ignores descriptorSize (it reads sector 1 to the NUL): an area reaching over the grain tables
+    and data of a fully allocated image, or past its end, changes nothing any reader sees."""
     path = v.patch_header(copy("sparse_big"), descriptor_size=size)
-    result = rejected_with(settings, path, "vmdk.descriptor_size", disk_format="vmdk")
+    qemu_opens(path)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "vmdk", str(pristine["sparse_big"]),
+                              str(path)], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    result = accepted_with_warnings(settings, path, "vmdk.descriptor_size")
     assert str(size) in detail(result, "vmdk.descriptor_size")
+    assert result.layers[-1].facts["virtual_size"] == 4 << 20
+
+
+def test_descriptor_text_reaching_into_the_grain_directory(settings, copy):
+    """Text past the sectors the header gives the descriptor, into the grain directory, is not a descriptor."""
+    path = v.patch_header(copy("sparse_data"), descriptor_size=40)
+    end = SECTOR + len(v.descriptor_text(path))
+    v.patch_bytes(path, end, b"\n" + b"#" * (35 * SECTOR - end))  # one comment line over both directories
+    rejected_with(settings, path, "vmdk.table_location", disk_format="vmdk")
 
 
 def test_absurd_descriptor_size_in_a_small_file(settings, copy):
