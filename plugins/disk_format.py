@@ -25,6 +25,10 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
 * it takes a dynamic VHD's virtual size from the footer's original size, qemu from
   its current size: the current size is used here (the ``vhd`` plugin rejects a
   footer where the two differ);
+* it takes any printable text containing ``createType="`` for a VMDK descriptor;
+  here a text descriptor is a VMDK only where qemu's own probe says so (its first
+  line that is not a comment is ``version=N``), so other text is raw, and a
+  ``COWD`` (VMware 3) sparse extent, which qemu probes as VMDK, is one too;
 * it cannot read an embedded VMDK descriptor that is not ASCII (qemu reads the
   bytes, VMware UTF-8) and then refuses it: while the ``vmdk`` plugin is enabled,
   it checks the embedded descriptor of a sparse VMDK instead (a superset of
@@ -38,7 +42,7 @@ from oslo_utils.imageutils import format_inspector as fi
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.units import format_size, parse_size
 
-from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table
+from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table, qemu_probes_vmdk
 
 POLYGLOT = FindingCode(
     "format.polyglot",
@@ -169,6 +173,8 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
     """Name the format; record layout facts; reject polyglots and damaged magic."""
     facts = context.facts
     matches = detector.matches()
+    if "vmdk" in matches and not qemu_probes_vmdk(head):  # text oslo takes for a descriptor, qemu for raw
+        del matches["vmdk"]
     names = set(matches)
     footer_at_end = is_vhd_footer(detector.last_sector) and context.data.size > SECTOR
     if footer_at_end and names - {"gpt", "vhd"}:  # a VHD footer after another format's data
