@@ -38,6 +38,14 @@ MAGICS = {
     b"LUKS\xba\xbe": "luks",
 }
 VDI_SIGNATURE = (0x40, b"\x7f\x10\xda\xbe")
+#: Leading bytes of formats qemu's probe recognises and oslo.utils does not know at all: a file starting
+#: with them is that format to qemu, never raw (block/parallels.c, bochs.c, cloop.c probes).
+QEMU_ONLY_MAGICS = {
+    b"WithoutFreeSpace": "parallels",
+    b"WithouFreSpacExt": "parallels",
+    b"Bochs Virtual HD Image\0": "bochs",
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n": "cloop",
+}
 #: Bytes qemu reads from the start of a file to guess its format (BLOCK_PROBE_BUF_SIZE), zero-padded.
 PROBE_SIZE = 512
 _VMDK_VERSION_LINES = tuple(f"version={n}{end}".encode() for n in (1, 2, 3) for end in ("\n", "\r\n"))
@@ -140,6 +148,14 @@ def qemu_probes_vmdk(head: bytes) -> bool:
         else:
             return probe.startswith(_VMDK_VERSION_LINES, pos)
     return False
+
+
+def qemu_only_format(head: bytes) -> str | None:
+    """The format qemu would probe for data starting with ``head`` that oslo.utils does not know, or None."""
+    for magic, name in QEMU_ONLY_MAGICS.items():
+        if head.startswith(magic):
+            return name
+    return None
 
 
 def looks_like(head: bytes) -> str | None:

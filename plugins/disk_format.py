@@ -29,6 +29,8 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
   here a text descriptor is a VMDK only where qemu's own probe says so (its first
   line that is not a comment is ``version=N``), so other text is raw, and a
   ``COWD`` (VMware 3) sparse extent, which qemu probes as VMDK, is one too;
+* it does not know parallels, bochs or cloop images, which qemu's probe
+  recognises: those are never raw here (``format.not_allowed``);
 * it cannot read an embedded VMDK descriptor that is not ASCII (qemu reads the
   bytes, VMware UTF-8) and then refuses it: while the ``vmdk`` plugin is enabled,
   it checks the embedded descriptor of a sparse VMDK instead (a superset of
@@ -42,7 +44,15 @@ from oslo_utils.imageutils import format_inspector as fi
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.units import format_size, parse_size
 
-from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table, qemu_probes_vmdk
+from ._detector import (
+    SECTOR,
+    Detector,
+    is_vhd_footer,
+    looks_like,
+    partition_table,
+    qemu_only_format,
+    qemu_probes_vmdk,
+)
 
 POLYGLOT = FindingCode(
     "format.polyglot",
@@ -193,6 +203,10 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
     if looks is not None and not (looks == "vhd" and footer_at_end):
         context.reject(INVALID, f"The image starts like a {looks} image but is not a valid one.",
                        detail=f"{looks} magic at offset 0, inspector found no valid {looks} header")
+    qemu_only = qemu_only_format(head)
+    if qemu_only is not None:  # raw to oslo.utils, a disk format to qemu's probe
+        context.reject(NOT_ALLOWED, f"This cloud does not accept the image's disk format ({qemu_only}).",
+                       detail=f"{qemu_only} header at offset 0: qemu probes it, oslo.utils does not know it")
     if footer_at_end:  # raw data, perhaps partitioned, then a footer: oslo.utils cannot see it
         facts["subformat"] = "fixed"
         return "vhd", None

@@ -558,3 +558,37 @@ def test_cowd_extent_is_invalid_not_raw(settings: Settings, tmp_path: Path) -> N
     assert info["format"] == "vmdk" and info["backing-filename"] == "/etc/hostname", info
     result = audit(settings, path, "raw")
     assert result.verdict is Verdict.REJECT and "format.invalid" in codes(result), result.findings
+
+
+# --- formats qemu probes and oslo.utils does not know: never raw ---------------------------------
+
+
+def _parallels(path: Path) -> Path:
+    b.qemu_img("create", "-q", "-f", "parallels", str(path), "4M")
+    return path
+
+
+def _bochs(path: Path) -> Path:
+    """A growing Bochs redolog header (qemu-img cannot create one): magic, type, subtype, version 2."""
+    names = b"Bochs Virtual HD Image".ljust(32, b"\0") + b"Redolog".ljust(16, b"\0") + b"Growing".ljust(16, b"\0")
+    header = names + struct.pack("<IIIIIIQ", 0x00020000, 512, 8, 1, 1 << 20, 0, 8 << 20)
+    path.write_bytes(header.ljust(512, b"\0") + b"\xff" * 32 + bytes(4096 - 544))
+    return path
+
+
+def _cloop(path: Path) -> Path:
+    """A cloop 2.0 header (its shell-script preamble), one 64 KiB block, no data."""
+    preamble = b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n"
+    path.write_bytes((preamble.ljust(128, b"\0") + struct.pack(">IIQQ", 65536, 1, 144, 144)).ljust(4096, b"\0"))
+    return path
+
+
+@pytest.mark.parametrize(("name", "builder"), [("parallels", _parallels), ("bochs", _bochs), ("cloop", _cloop)])
+def test_format_only_qemu_probes_is_not_raw(settings: Settings, tmp_path: Path, name: str, builder: Builder) -> None:
+    """Were accepted as raw: oslo.utils does not know these formats, but qemu's probe opens them as one."""
+    path = builder(tmp_path / "disk.img")
+    assert _qemu_format(path) == name
+    for claim in ("raw", None):
+        result = audit(settings, path, claim)
+        assert result.verdict is Verdict.REJECT and codes(result) == ["format.not_allowed"], result.findings
+        assert f"({name})" in result.findings[0].message
