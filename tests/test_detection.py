@@ -524,6 +524,28 @@ def test_vmdk_text_is_detected_where_qemu_probes_it(settings: Settings, tmp_path
         assert codes(audit(settings, path, "vmdk")) == ["format.claim_mismatch"]
 
 
+@pytest.mark.parametrize("chunk_size", [1, 17, 512, 64 << 10])
+def test_vmdk_text_verdict_does_not_depend_on_the_chunk_size(settings: Settings, tmp_path: Path,
+                                                             chunk_size: int) -> None:
+    """oslo.utils' VMDK inspector parses text as it arrives; the verdict is the same at every chunk size.
+
+    (With chunks shorter than the text, oslo finds no createType in the first one, so
+    text qemu probes as a descriptor is format.invalid rather than vmdk.descriptor_only.)
+    """
+    chunked = settings.replace(plugin={"disk_format": {"chunk_size": chunk_size}})
+    (tmp_path / "extent.bin").write_bytes(bytes(4096))
+    for name, (text, probed) in PROBE_SAMPLES.items():
+        path = tmp_path / "sample"
+        path.write_bytes(text)
+        result = audit(chunked, path, "raw")
+        if probed:
+            assert result.verdict is Verdict.REJECT, (name, result.findings)
+            assert {"vmdk.descriptor_only", "format.invalid"} & set(codes(result)), (name, result.findings)
+        else:
+            assert result.verdict is Verdict.ACCEPT, (name, result.findings)
+            assert result.detected["disk_format"] == "raw", name
+
+
 def test_raw_disk_with_descriptor_text_in_its_first_blocks_is_raw(settings: Settings, tmp_path: Path) -> None:
     """The issue's case: a raw disk (text in its first MiB) that merely mentions createType="..."."""
     path = tmp_path / "notes.img"
