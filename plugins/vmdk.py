@@ -85,8 +85,9 @@ HEADER_UNUSUAL = _code(
     "header_unusual", "The VMDK image's header has unusual values.",
     "A sparse extent header field qemu reads without harm but no usual writer sets: unknown flags, "
     "damaged newline check bytes (a text-mode transfer), an unknown compressAlgorithm (read as "
-    "uncompressed), a grain size that is not a power of two from 4 KiB to 1 MiB, or fewer than 512 "
-    "grain table entries. The detail names it.", Severity.WARNING)
+    "uncompressed), a grain size that is not a power of two from 4 KiB to 1 MiB, fewer than 512 "
+    "grain table entries, or a footer in an image without compressed grains. The detail names it.",
+    Severity.WARNING)
 DESCRIPTOR_SIZE = _code(
     "descriptor_size", "The VMDK image's descriptor area is larger than usual.",
     f"The header's descriptorSize reaches past the grain tables or data, or over {DESCRIPTOR_MAX_SECTORS} "
@@ -94,8 +95,8 @@ DESCRIPTOR_SIZE = _code(
     "up to that NUL, so this is a warning.", Severity.WARNING)
 TABLE_LOCATION = _code(
     "table_location", "The VMDK image's grain directory is misplaced.",
-    "The grain directory (or its redundant copy) overlaps the header or descriptor text, or is marked 'at "
-    "end' in an image that is not stream-optimized (qemu then reads a footer, VMware does not).")
+    "The grain directory (or its redundant copy) overlaps the header or the descriptor text: the same bytes "
+    "would be read as text and as grain table pointers.")
 FOOTER_MISMATCH = _code(
     "footer_mismatch", "The VMDK image's footer does not match its header.",
     "A stream-optimized VMDK with its grain directory at the end has a footer header that qemu uses instead "
@@ -191,9 +192,7 @@ def check_tables(header: SparseHeader, file_sectors: int, first: int, what: str 
 
 
 def check_footer(header: SparseHeader, tail: bytes, file_size: int) -> SparseHeader:
-    """Check a stream-optimized image's footer (marker, header copy, end-of-stream) and return its header."""
-    if header.compress_algorithm != COMPRESS_DEFLATE:
-        raise Problem(TABLE_LOCATION, "grain directory at end in an image that is not stream-optimized")
+    """Check the footer qemu reads for a grain directory 'at end' (marker, header copy, end-of-stream)."""
     if file_size % SECTOR or len(tail) != 3 * SECTOR or file_size < 4 * SECTOR:
         raise Problem(FOOTER_MISMATCH, f"no room for a footer in {file_size} bytes")
     marker, copy, eos = tail[:SECTOR], tail[SECTOR : 2 * SECTOR], tail[2 * SECTOR :]
@@ -241,6 +240,8 @@ def _inspect_sparse(context: ImportContext, head: bytes) -> list[tuple[FindingCo
     if header.gd_offset == GD_AT_END:
         tables = check_footer(header, data.read_at(max(0, data.size - 3 * SECTOR), 3 * SECTOR), data.size)
         file_sectors -= 3
+        if header.compress_algorithm != COMPRESS_DEFLATE:  # qemu and DiscUtils read the footer all the same
+            problems.append((HEADER_UNUSUAL, "grain directory at end (a footer) without compressed grains"))
     context.facts.update(format_version=header.version, cluster_size=header.grain_size * SECTOR,
                          compressed_clusters=header.compress_algorithm == COMPRESS_DEFLATE)
     declared = header.descriptor_size

@@ -395,7 +395,7 @@ def test_truncated_descriptor_is_a_finding_not_an_exception(pristine, length):
     ({"gd_offset": 1 << 40}, "vmdk.truncated", "gdOffset"),
     ({"rgd_offset": 0}, "vmdk.table_location", "rgdOffset"),
     ({"overhead": 1 << 50}, "vmdk.truncated", "grain data"),
-    ({"gd_offset": v.GD_AT_END}, "vmdk.table_location", "not stream-optimized"),
+    ({"gd_offset": v.GD_AT_END}, "vmdk.footer_mismatch", "marker"),  # 'at end', but no footer follows
 ])
 def test_bad_header_fields(settings, copy, fields, code, why):
     path = v.patch_header(copy("sparse"), **fields)
@@ -416,6 +416,18 @@ def test_header_fields_qemu_tolerates_are_warnings(settings, copy, fields, why):
     qemu_opens(path)
     result = accepted_with_warnings(settings, path, "vmdk.header_unusual")
     assert why in detail(result, "vmdk.header_unusual")
+
+
+def test_footer_in_an_uncompressed_image_is_a_warning(settings, copy, pristine):
+    """qemu reads the footer of any sparse image whose gdOffset is 'at end', compressed or not."""
+    path = v.with_footer(copy("sparse_data"))
+    qemu_opens(path)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "vmdk", str(pristine["sparse_data"]),
+                              str(path)], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual", "vmdk.subformat_mismatch")
+    assert "footer" in detail(result, "vmdk.header_unusual")
+    assert result.layers[-1].facts["subformat"] == "monolithicSparse"
 
 
 def test_damaged_newline_check_bytes_are_a_warning(settings, copy):
