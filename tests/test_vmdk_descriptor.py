@@ -9,6 +9,7 @@ encoding, so what every reader decodes alike is accepted and the rest rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -230,3 +231,13 @@ def test_descriptor_without_terminating_nul(settings, copy):
 def test_empty_descriptor(settings, copy):
     path = v.rewrite_descriptor(copy("sparse"), lambda text: "")
     rejected_with(settings, path, "vmdk.descriptor_location", disk_format="vmdk")
+
+
+@pytest.mark.parametrize("change", [v.add_line_after("RW ", 'RW 2048 FLAT "/etc/passwd" 0'),
+                                    v.replace_line("createType", 'createType="monolithicFlat"')])
+def test_oslo_checks_the_descriptor_when_the_vmdk_plugin_is_disabled(settings, copy, change):
+    """disk_format leaves the embedded descriptor to the vmdk plugin only while that plugin runs."""
+    path = v.rewrite_descriptor(copy("sparse"), change)
+    without = settings.replace(plugins=dataclasses.replace(settings.plugins, disabled=("vmdk",)))
+    result = rejected_with(without, path, "vmdk.descriptor", disk_format="vmdk")
+    assert not any(f.code.startswith("vmdk.") and f.code != "vmdk.descriptor" for f in result.findings)
