@@ -53,6 +53,9 @@ DESCRIPTOR_SECTOR = 1  # where qemu and oslo.utils look for the embedded descrip
 #: Most sectors of embedded descriptor read, just under qemu's and oslo.utils' 1 MiB cap (qemu writes 20);
 #: a larger descriptorSize is a warning, and the text must end (NUL) within them.
 DESCRIPTOR_MAX_SECTORS = 2047
+#: Longest leftover of qemu's CID rewrite accepted after the descriptor's NUL: an 8-digit CID rewritten
+#: with 1 digit leaves the old text's last 6 bytes (see ``embedded_text``).
+DESCRIPTOR_TAIL_MAX = 7
 #: Usual grain sizes, a power of two: 4 KiB to 1 MiB (qemu, VMware and VirtualBox write 128: 64 KiB).
 GRAIN_MIN_SECTORS, GRAIN_MAX_SECTORS = 8, 2048
 #: Largest grain qemu opens (1 GiB); above it, or 0, qemu refuses the image.
@@ -217,17 +220,25 @@ def embedded_text(region: bytes, padding_end: int) -> bytes:
     """The descriptor text of an embedded descriptor region: up to its NUL, with only NULs after it.
 
     Only the first ``padding_end`` bytes must be NULs after the text: past them the
-    header places tables or grains (a descriptorSize larger than the text needs).
+    header places tables or grains (a descriptorSize larger than the text needs). One
+    exception: when qemu rewrites the CID on its first write to an image and the new
+    CID has fewer hex digits, the old text's last bytes stay after the new NUL. Such a
+    tail, a suffix of the text of at most ``DESCRIPTOR_TAIL_MAX`` bytes with no line
+    break before its end, is too short to hold any key or extent line and is accepted.
     """
     end = region.find(b"\0")
     if end < 0:
         raise Problem(DESCRIPTOR_SYNTAX, f"descriptor not NUL-terminated within its first {len(region)} bytes")
-    padding = region[end:padding_end]
-    if padding.count(0) != len(padding):
+    text = region[:end]
+    padding = region[end + 1 : padding_end]
+    tail = padding.split(b"\0", 1)[0]
+    if tail and (len(tail) > DESCRIPTOR_TAIL_MAX or not text.endswith(tail) or b"\n" in tail[:-1]):
         raise Problem(DESCRIPTOR_SYNTAX, f"data after the descriptor's end at byte {end}")
-    if not region[:end].strip():
+    if padding.count(0) != len(padding) - len(tail):
+        raise Problem(DESCRIPTOR_SYNTAX, f"data after the descriptor's end at byte {end + 1 + len(tail)}")
+    if not text.strip():
         raise Problem(DESCRIPTOR_LOCATION, "empty embedded descriptor (an extent of a multi-file disk?)")
-    return region[:end]
+    return text
 
 
 def _inspect_sparse(context: ImportContext, head: bytes) -> list[tuple[FindingCode, str]]:

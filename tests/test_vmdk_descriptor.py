@@ -10,7 +10,9 @@ encoding, so what every reader decodes alike is accepted and the rest rejected.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,6 +221,35 @@ def test_linked_clone_is_rejected(settings, copy, change):
 def test_descriptor_text_that_cannot_be_trusted(settings, copy, change, tail, code):
     path = v.rewrite_descriptor(copy("sparse"), change, tail=tail)
     rejected_with(settings, path, code, disk_format="vmdk")
+
+
+def _cid(value: str) -> Callable[[str], str]:
+    return lambda text: re.sub(r"\nCID=[0-9a-fA-F]+\n", f"\nCID={value}\n", text)
+
+
+def test_leftover_of_qemus_cid_rewrite_is_accepted(settings, copy):
+    """qemu rewrites the CID on its first write; a shorter CID leaves the old text's last bytes after the NUL.
+
+    A 12-digit CID (qemu writes at most 8) makes the leftover certain: 3 to 7 bytes of the last line.
+    """
+    path = v.rewrite_descriptor(copy("sparse_data"), _cid("ffffffffffff"))
+    run = subprocess.run(["qemu-io", "-f", "vmdk", "-c", "write -P 0x5a 0 4k", str(path)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    text = v.descriptor_text(path)
+    region = path.read_bytes()[SECTOR : 21 * SECTOR]
+    tail = region[len(text) + 1 :].split(b"\0", 1)[0]
+    assert tail and text.encode().endswith(tail), region[: len(text) + 16]
+    qemu_opens(path)
+    result = audit(settings, path, disk_format="vmdk")
+    assert result.verdict is Verdict.ACCEPT, result.findings
+
+
+@pytest.mark.parametrize("tail", [b'483647"\n', b"47\n\0\0x", b'RW 1 Z\n'])
+def test_data_after_the_nul_that_qemu_would_not_leave(settings, copy, tail):
+    """Longer than a CID rewrite leaves, followed by more data, or not the text's own end."""
+    rejected_with(settings, v.rewrite_descriptor(copy("sparse"), lambda text: text, tail=tail),
+                  "vmdk.descriptor_syntax", disk_format="vmdk")
 
 
 def test_descriptor_without_terminating_nul(settings, copy):
