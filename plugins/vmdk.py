@@ -7,9 +7,11 @@ extra or non-sparse extents (``FLAT "/etc/passwd"``), extent names that are path
 parent links, a zero capacity (qemu then follows the embedded descriptor's extents),
 header fields qemu refuses, and tables or data outside the file. A header field that
 qemu reads without harm but no usual writer sets is a warning (``vmdk.header_unusual``,
-``vmdk.descriptor_size``). Runs after ``disk_format``, only on data it detected as
-``vmdk``. Every limit is a constant below (sizes in 512-byte sectors); the descriptor
-text is parsed in :mod:`._vmdk_descriptor`. Facts: ``subformat`` (the createType),
+``vmdk.descriptor_size``). A stream-optimized image's grain markers must place every
+grain where its grain tables do (:mod:`._vmdk_grains`). Runs after ``disk_format``,
+only on data it detected as ``vmdk``. Every limit is a constant below (sizes in
+512-byte sectors) or the ``max_grains`` option; the descriptor text is parsed in
+:mod:`._vmdk_descriptor`. Facts: ``subformat`` (the createType),
 ``format_version``, ``cluster_size`` and ``compressed_clusters``.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from importhooks import FindingCode, ImportContext, Severity, hookimpl
+from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from ._vmdk_descriptor import (
     CAPACITY_MISMATCH,
@@ -36,6 +38,7 @@ from ._vmdk_descriptor import (
     describe_descriptor_file,
     parse_descriptor,
 )
+from ._vmdk_grains import GrainError, disagreement, marker_map, table_map
 
 SECTOR = 512
 MAGIC = b"KDMV"
@@ -104,15 +107,30 @@ FOOTER_MISMATCH = _code(
     "footer_mismatch", "The VMDK image's footer does not match its header.",
     "A stream-optimized VMDK with its grain directory at the end has a footer header that qemu uses instead "
     "of the first one; it must be present, well-formed and describe the same disk (capacity, grain size ...).")
+GRAIN_MARKERS = _code(
+    "grain_markers", "The stream-optimized VMDK's grain markers and grain tables describe different disks.",
+    "qemu finds each grain through the grain tables; a streaming reader (an OVF import) places each grain at "
+    "the LBA its marker names. A marker naming another LBA than the table entry that points at it, a grain no "
+    "table points at, or a marker stream that cannot be followed to its end gives the two readers different "
+    "disks. The detail names the first LBA where they differ.")
+OPTIONS = PluginOptions("vmdk", (
+    PluginOption("max_grains", 4 << 20, "Most allocated grains of a stream-optimized VMDK whose tables and "
+                 "markers are compared (4 Mi: 256 GiB of 64 KiB grains); more is vmdk.grain_markers."),
+))
 CODES = (DESCRIPTOR_ONLY, TRUNCATED, HEADER_INVALID, HEADER_UNUSUAL, DESCRIPTOR_LOCATION, DESCRIPTOR_SIZE,
          TABLE_LOCATION, FOOTER_MISMATCH, DESCRIPTOR_SYNTAX, CREATE_TYPE, EXTENTS, EXTENT_TYPE, FILE_REFERENCE,
-         CAPACITY_MISMATCH, PARENT, SUBFORMAT_MISMATCH)
+         CAPACITY_MISMATCH, PARENT, SUBFORMAT_MISMATCH, GRAIN_MARKERS)
 
 
 @hookimpl
 def importhooks_finding_codes() -> tuple[FindingCode, ...]:
     """The ``vmdk.*`` codes (``vmdk.descriptor`` and ``vmdk.footer`` are ``disk_format``'s)."""
     return CODES
+
+
+@hookimpl
+def importhooks_plugin_options() -> PluginOptions:
+    return OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +282,8 @@ def _inspect_sparse(context: ImportContext, head: bytes) -> list[tuple[FindingCo
     text = embedded_text(region, max(0, structures - DESCRIPTOR_SECTOR) * SECTOR)
     check_tables(tables, file_sectors, DESCRIPTOR_SECTOR + len(text) // SECTOR + 1,
                  "footer" if tables is not header else "header")
+    if header.flags & FLAG_MARKERS and header.compress_algorithm == COMPRESS_DEFLATE:
+        problems += compare_grains(context, header, tables)
     descriptor = parse_descriptor(text)
     problems += check_descriptor(descriptor, header.capacity, header.compress_algorithm == COMPRESS_DEFLATE,
                                  header.gd_offset == GD_AT_END)
@@ -273,6 +293,21 @@ def _inspect_sparse(context: ImportContext, head: bytes) -> list[tuple[FindingCo
             create_type = "streamoptimized" if header.compress_algorithm == COMPRESS_DEFLATE else "monolithicsparse"
         context.facts["subformat"] = CREATE_TYPES[create_type]
     return problems
+
+
+def compare_grains(context: ImportContext, header: SparseHeader, tables: SparseHeader) -> list[tuple[FindingCode, str]]:
+    """Grain tables (qemu's reading) against grain markers (a streaming reader's) of a stream-optimized image."""
+    max_grains = int(context.options("vmdk").get("max_grains", 4 << 20))
+    with context.data.open() as handle:
+        try:
+            by_table = table_map(handle, gd_offset=tables.gd_offset, capacity=header.capacity,
+                                 grain=header.grain_size, gtes=header.num_gtes_per_gt,
+                                 zeroed=bool(header.flags & FLAG_ZERO_GRAIN), max_grains=max_grains)
+            by_marker = marker_map(handle, start=header.overhead, end=context.data.size, max_grains=max_grains)
+        except GrainError as error:
+            return [(GRAIN_MARKERS, str(error))]
+    why = disagreement(by_table, by_marker)
+    return [] if why is None else [(GRAIN_MARKERS, why)]
 
 
 @hookimpl
