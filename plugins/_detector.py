@@ -13,6 +13,11 @@ two of the wrapper's gaps that untrusted data reaches:
 
 It also keeps the last sector of the stream (a fixed VHD's footer) and stops feeding
 inspectors that have seen enough to know they do not match.
+
+:func:`qemu_probes_vmdk` is qemu's own test for a VMDK (block/vmdk.c, ``vmdk_probe``):
+oslo.utils takes any file whose first 512 bytes are printable text and that contains
+``createType="`` within its first MiB for a VMDK descriptor, qemu only a file whose
+first line that is neither a comment nor blank is ``version=1`` to ``3``.
 """
 
 from __future__ import annotations
@@ -28,13 +33,24 @@ SECTOR = 512
 MAGICS = {
     b"QFI\xfb": "qcow2",
     b"KDMV": "vmdk",
-    b"# Disk DescriptorFile": "vmdk",
+    b"COWD": "vmdk",  # VMware 3 sparse extent: qemu probes and opens it as vmdk, oslo.utils does not know it
     b"conectix": "vhd",
     b"vhdxfile": "vhdx",
     b"QED\x00": "qed",
     b"LUKS\xba\xbe": "luks",
 }
 VDI_SIGNATURE = (0x40, b"\x7f\x10\xda\xbe")
+#: Leading bytes of formats qemu's probe recognises and oslo.utils does not know at all: a file starting
+#: with them is that format to qemu, never raw (block/parallels.c, bochs.c, cloop.c probes).
+QEMU_ONLY_MAGICS = {
+    b"WithoutFreeSpace": "parallels",
+    b"WithouFreSpacExt": "parallels",
+    b"Bochs Virtual HD Image\0": "bochs",
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n": "cloop",
+}
+#: Bytes qemu reads from the start of a file to guess its format (BLOCK_PROBE_BUF_SIZE), zero-padded.
+PROBE_SIZE = 512
+_VMDK_VERSION_LINES = tuple(f"version={n}{end}".encode() for n in (1, 2, 3) for end in ("\n", "\r\n"))
 
 
 def _matches(inspector: fi.FileInspector) -> bool:
@@ -108,11 +124,51 @@ def partition_table(head: bytes) -> str:
     return "none"
 
 
+def qemu_probes_vmdk(head: bytes) -> bool:
+    """Whether qemu's format probe calls data starting with ``head`` a VMDK (sparse magic or descriptor text).
+
+    After ``#`` comment lines and lines of spaces (and an optional CR), the first
+    line must be ``version=1``, ``2`` or ``3``: an empty line, or any other first
+    line, makes qemu call the data raw.
+    """
+    if head.startswith((b"KDMV", b"COWD")):
+        return True
+    probe = head[:PROBE_SIZE].ljust(PROBE_SIZE, b"\0")
+    pos = 0
+    while pos < PROBE_SIZE:
+        if probe[pos] == ord("#"):
+            pos = probe.find(b"\n", pos)
+            if pos < 0:
+                return False
+            pos += 1
+        elif probe[pos] == ord(" "):
+            while pos < PROBE_SIZE and probe[pos] == ord(" "):
+                pos += 1
+            if probe.startswith(b"\r", pos):
+                pos += 1
+            if not probe.startswith(b"\n", pos):
+                return False
+            pos += 1
+        else:
+            return probe.startswith(_VMDK_VERSION_LINES, pos)
+    return False
+
+
+def qemu_only_format(head: bytes) -> str | None:
+    """The format qemu would probe for data starting with ``head`` that oslo.utils does not know, or None."""
+    for magic, name in QEMU_ONLY_MAGICS.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
 def looks_like(head: bytes) -> str | None:
-    """The format whose magic ``head`` starts with, or None."""
+    """The format whose magic ``head`` starts with (a VMDK descriptor as qemu probes it), or None."""
     for magic, name in MAGICS.items():
         if head.startswith(magic):
             return name
+    if qemu_probes_vmdk(head):
+        return "vmdk"
     offset, signature = VDI_SIGNATURE
     if head[offset : offset + 4] == signature:
         return "vdi"

@@ -24,7 +24,17 @@ Where oslo.utils is wrong or too narrow, this module decides instead:
   while the ``qed`` plugin is enabled);
 * it takes a dynamic VHD's virtual size from the footer's original size, qemu from
   its current size: the current size is used here (the ``vhd`` plugin rejects a
-  footer where the two differ).
+  footer where the two differ);
+* it takes any printable text containing ``createType="`` for a VMDK descriptor;
+  here a text descriptor is a VMDK only where qemu's own probe says so (its first
+  line that is not a comment is ``version=N``), so other text is raw, and a
+  ``COWD`` (VMware 3) sparse extent, which qemu probes as VMDK, is one too;
+* it does not know parallels, bochs or cloop images, which qemu's probe
+  recognises: those are never raw here (``format.not_allowed``);
+* it cannot read an embedded VMDK descriptor that is not ASCII (qemu reads the
+  bytes, VMware UTF-8) and then refuses it: while the ``vmdk`` plugin is enabled,
+  it checks the embedded descriptor of a sparse VMDK instead (a superset of
+  oslo's rules), and the virtual size is the header's capacity.
 """
 
 from __future__ import annotations
@@ -34,7 +44,15 @@ from typing import TYPE_CHECKING
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.units import format_size, parse_size
 
-from ._detector import SECTOR, Detector, is_vhd_footer, looks_like, partition_table
+from ._detector import (
+    SECTOR,
+    Detector,
+    is_vhd_footer,
+    looks_like,
+    partition_table,
+    qemu_only_format,
+    qemu_probes_vmdk,
+)
 
 if TYPE_CHECKING:
     from oslo_utils.imageutils import format_inspector as fi
@@ -155,6 +173,8 @@ def _skipped_checks(context: ImportContext, detected: str, layout: str | None) -
         return {"mbr"}  # a filesystem boot sector, not an MBR
     if detected == "qed" and "qed" in context.enabled_plugins:
         return {"banned"}
+    if detected == "vmdk" and "vmdk" in context.enabled_plugins and context.data.read_at(0, 4) == b"KDMV":
+        return {"descriptor"}  # the vmdk plugin parses the embedded descriptor, UTF-8 too
     if detected == "qcow2":
         header = context.data.read_at(0, 80)
         if header[4:8] == b"\0\0\0\3" and len(header) == 80:
@@ -168,6 +188,8 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
     """Name the format; record layout facts; reject polyglots and damaged magic."""
     facts = context.facts
     matches = detector.matches()
+    if "vmdk" in matches and not qemu_probes_vmdk(head):  # text oslo takes for a descriptor, qemu for raw
+        del matches["vmdk"]
     names = set(matches)
     footer_at_end = is_vhd_footer(detector.last_sector) and context.data.size > SECTOR
     if footer_at_end and names - {"gpt", "vhd"}:  # a VHD footer after another format's data
@@ -186,6 +208,10 @@ def _detect(context: ImportContext, detector: Detector, head: bytes) -> tuple[st
     if looks is not None and not (looks == "vhd" and footer_at_end):
         context.reject(INVALID, f"The image starts like a {looks} image but is not a valid one.",
                        detail=f"{looks} magic at offset 0, inspector found no valid {looks} header")
+    qemu_only = qemu_only_format(head)
+    if qemu_only is not None:  # raw to oslo.utils, a disk format to qemu's probe
+        context.reject(NOT_ALLOWED, f"This cloud does not accept the image's disk format ({qemu_only}).",
+                       detail=f"{qemu_only} header at offset 0: qemu probes it, oslo.utils does not know it")
     if footer_at_end:  # raw data, perhaps partitioned, then a footer: oslo.utils cannot see it
         facts["subformat"] = "fixed"
         return "vhd", None
@@ -223,6 +249,8 @@ def importhooks_inspect(context: ImportContext) -> None:
             virtual_size = int.from_bytes(detector.last_sector[48:56], "big")
         elif detected == "vhd":  # dynamic VHD: the current size, as qemu reads it (oslo reads the original)
             virtual_size = int.from_bytes(head[48:56], "big")
+        elif detected == "vmdk" and head.startswith(b"KDMV"):  # oslo says 0 for a descriptor it cannot read
+            virtual_size = int.from_bytes(head[12:20], "little") * SECTOR
         else:
             virtual_size = int(inspector.virtual_size)
     except Exception as exc:  # noqa: BLE001 - a malformed header must end in a finding

@@ -5,19 +5,40 @@ Accepted: a hosted sparse extent (``KDMV``) whose embedded descriptor says
 Rejected: descriptor-only files (``monolithicFlat``, ``twoGbMaxExtent*``, ``vmfs*``),
 extra or non-sparse extents (``FLAT "/etc/passwd"``), extent names that are paths,
 parent links, a zero capacity (qemu then follows the embedded descriptor's extents),
-and header fields or tables out of range. Runs after ``disk_format``, only on data it
-detected as ``vmdk``. Every limit is a constant below (sizes in 512-byte sectors).
-Facts: ``subformat`` (the createType), ``format_version``, ``cluster_size`` and
-``compressed_clusters``.
+header fields qemu refuses, and tables or data outside the file. A header field that
+qemu reads without harm but no usual writer sets is a warning (``vmdk.header_unusual``,
+``vmdk.descriptor_size``). A stream-optimized image's grain markers must place every
+grain where its grain tables do (:mod:`._vmdk_grains`). Runs after ``disk_format``,
+only on data it detected as ``vmdk``. Every limit is a constant below (sizes in
+512-byte sectors) or the ``max_grains`` option; the descriptor text is parsed in
+:mod:`._vmdk_descriptor`. Facts: ``subformat`` (the createType),
+``format_version``, ``cluster_size`` and ``compressed_clusters``.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 
-from importhooks import FindingCode, ImportContext, hookimpl
+from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
+
+from ._vmdk_descriptor import (
+    CAPACITY_MISMATCH,
+    CREATE_TYPE,
+    CREATE_TYPES,
+    DESCRIPTOR_LOCATION,
+    DESCRIPTOR_SYNTAX,
+    EXTENT_TYPE,
+    EXTENTS,
+    FILE_REFERENCE,
+    PARENT,
+    SUBFORMAT_MISMATCH,
+    Problem,
+    check_descriptor,
+    describe_descriptor_file,
+    parse_descriptor,
+)
+from ._vmdk_grains import GrainError, disagreement, marker_map, table_map
 
 SECTOR = 512
 MAGIC = b"KDMV"
@@ -32,32 +53,24 @@ COMPRESS_NONE, COMPRESS_DEFLATE = 0, 1
 MARKER_EOS, MARKER_FOOTER = 0, 3
 VERSIONS = (1, 2, 3)
 DESCRIPTOR_SECTOR = 1  # where qemu and oslo.utils look for the embedded descriptor, whatever the header says
-#: Largest embedded descriptor, just under qemu's 1 MiB cap (qemu writes 20 sectors).
+#: Most sectors of embedded descriptor read, just under qemu's and oslo.utils' 1 MiB cap (qemu writes 20);
+#: a larger descriptorSize is a warning, and the text must end (NUL) within them.
 DESCRIPTOR_MAX_SECTORS = 2047
-#: Most lines, and longest line in characters, of a descriptor (real ones: about 20 lines of < 80).
-DESCRIPTOR_MAX_LINES, DESCRIPTOR_MAX_LINE_LENGTH = 1000, 1024
-#: Grain size range, a power of two: 4 KiB to 1 MiB (qemu, VMware and VirtualBox write 128: 64 KiB).
+#: Longest leftover of qemu's CID rewrite accepted after the descriptor's NUL: an 8-digit CID rewritten
+#: with 1 digit leaves the old text's last 6 bytes (see ``embedded_text``).
+DESCRIPTOR_TAIL_MAX = 7
+#: Usual grain sizes, a power of two: 4 KiB to 1 MiB (qemu, VMware and VirtualBox write 128: 64 KiB).
 GRAIN_MIN_SECTORS, GRAIN_MAX_SECTORS = 8, 2048
-#: Grain table entries per table: the only value any writer uses.
+#: Largest grain qemu opens (1 GiB); above it, or 0, qemu refuses the image.
+GRAIN_QEMU_MAX_SECTORS = 0x200000
+#: Grain table entries per table: the only value any writer uses, and the most qemu opens.
 NUM_GTES_PER_GT = 512
-#: Longest extent file name, in characters.
-EXTENT_NAME_MAX = 255
 #: Bytes of a descriptor-only file read to name, in the detail, what it refers to.
 DESCRIPTOR_ONLY_PEEK = 64 << 10
-#: createType values accepted, lower case, with their usual spelling (the ``subformat`` fact).
-CREATE_TYPES = {"monolithicsparse": "monolithicSparse", "streamoptimized": "streamOptimized"}
-HEADER_KEYS = ("version", "encoding", "cid", "parentcid", "isnativesnapshot", "createtype")
-ACCESS_MODES = ("RW", "RDONLY", "NOACCESS")
-NO_PARENT_CID = "ffffffff"
-_EXTENT = re.compile(r'(\S+)\s+(\S+)\s+(\S+)(?:\s+"([^"]*)")?(?:\s+(\S+))?')
-_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]*")
-_NAME_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9 ._+()\[\]{}~,@#!&'=%-]*")
-_OTHER_FILE_KIND = re.compile(r"-(flat|delta|ctk|s[0-9]{3}|f[0-9]{3})\.vmdk$", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _code(name: str, summary: str, help_text: str) -> FindingCode:
-    return FindingCode(f"vmdk.{name}", summary, help_text)
+def _code(name: str, summary: str, help_text: str, severity: Severity = Severity.ERROR) -> FindingCode:
+    return FindingCode(f"vmdk.{name}", summary, help_text, severity)
 
 
 DESCRIPTOR_ONLY = _code(
@@ -71,58 +84,42 @@ TRUNCATED = _code(
     "them); the upload is incomplete or the header damaged.")
 HEADER_INVALID = _code(
     "header", "The VMDK image's header is invalid.",
-    "A sparse extent header field is out of range: version, flags, newline check bytes, capacity (zero makes "
-    "qemu follow the embedded descriptor's extents), grain size or grain table size. The detail names it.")
-DESCRIPTOR_LOCATION = _code(
-    "descriptor_location", "The VMDK image's descriptor is missing or not where it must be.",
-    "The embedded descriptor must start at sector 1 and not be empty; a sparse extent without one is a "
-    "piece of a multi-file disk (twoGbMaxExtentSparse).")
+    "A sparse extent header field qemu or oslo.utils refuses: version other than 1 to 3, a grain size of 0 "
+    "or over 1 GiB, 0 or more than 512 grain table entries per table, or a capacity of zero (which makes "
+    "qemu follow the embedded descriptor's extents). The detail names it.")
+HEADER_UNUSUAL = _code(
+    "header_unusual", "The VMDK image's header has unusual values.",
+    "A sparse extent header field qemu reads without harm but no usual writer sets: unknown flags, "
+    "damaged newline check bytes (a text-mode transfer), an unknown compressAlgorithm (read as "
+    "uncompressed), a grain size that is not a power of two from 4 KiB to 1 MiB, fewer than 512 "
+    "grain table entries, or a footer in an image without compressed grains. The detail names it.",
+    Severity.WARNING)
 DESCRIPTOR_SIZE = _code(
-    "descriptor_size", "The VMDK image's descriptor is too large.",
-    f"The header declares an embedded descriptor of more than {DESCRIPTOR_MAX_SECTORS} sectors (about 1 MiB, "
-    "qemu's cap); real ones use 20.")
+    "descriptor_size", "The VMDK image's descriptor area is larger than usual.",
+    f"The header's descriptorSize reaches past the grain tables or data, or over {DESCRIPTOR_MAX_SECTORS} "
+    "sectors. qemu ignores the field (it reads the text at sector 1 up to its NUL) and the text is checked "
+    "up to that NUL, so this is a warning.", Severity.WARNING)
 TABLE_LOCATION = _code(
     "table_location", "The VMDK image's grain directory is misplaced.",
-    "The grain directory (or its redundant copy) overlaps the header or descriptor, or is marked 'at end' "
-    "in an image that is not stream-optimized.")
+    "The grain directory (or its redundant copy) overlaps the header or the descriptor text: the same bytes "
+    "would be read as text and as grain table pointers.")
 FOOTER_MISMATCH = _code(
     "footer_mismatch", "The VMDK image's footer does not match its header.",
     "A stream-optimized VMDK with its grain directory at the end has a footer header that qemu uses instead "
     "of the first one; it must be present, well-formed and describe the same disk (capacity, grain size ...).")
-DESCRIPTOR_SYNTAX = _code(
-    "descriptor_syntax", "The VMDK image's descriptor could not be parsed safely.",
-    "The embedded descriptor is not plain ASCII text of known lines: unknown or repeated keys, a keyword "
-    "hidden in a comment or value, control characters, too many or too long lines, or data after its end.")
-CREATE_TYPE = _code(
-    "create_type", "The VMDK subformat is not accepted; use monolithicSparse or streamOptimized.",
-    "The descriptor's createType is missing or names a multi-file or host-device layout (monolithicFlat, "
-    "twoGbMaxExtent*, vmfs*, partitionedDevice, custom ...).")
-EXTENTS = _code(
-    "extents", "The VMDK image must have exactly one data extent, in the image itself.",
-    "The descriptor lists no extent, several, or one that is not readable. A second extent smuggled into the "
-    "embedded descriptor of a sparse VMDK is how host files get attached to the disk.")
-EXTENT_TYPE = _code(
-    "extent_type", "The VMDK image has an extent type that is not accepted.",
-    "Only SPARSE extents are accepted; FLAT, VMFS, VMFSSPARSE, VMFSRDM, VMFSRAW, ZERO, SESPARSE and others "
-    "map other files or devices into the disk.")
-FILE_REFERENCE = _code(
-    "file_reference", "The VMDK image refers to another file.",
-    "An extent file name is a path, a protocol (json:, nbd:), names a flat, split or change-tracking file, "
-    "or the descriptor has a changeTrackPath. The image must name only itself.")
-CAPACITY_MISMATCH = _code(
-    "capacity_mismatch", "The VMDK image's descriptor and header disagree on the disk size.",
-    "The sizes of the descriptor's extents do not add up to the header's capacity.")
-PARENT = _code(
-    "parent", "The VMDK image is a linked clone; only self-contained images are accepted.",
-    "The descriptor has a parentFileNameHint (qemu opens it as a backing file, even from a comment) or a "
-    "parentCID other than ffffffff. Consolidate the disk first.")
-SUBFORMAT_MISMATCH = _code(
-    "subformat_mismatch", "The VMDK image's subformat does not match its header.",
-    "streamOptimized requires deflate-compressed grains; monolithicSparse requires uncompressed grains and "
-    "its grain directory in the header.")
-CODES = (DESCRIPTOR_ONLY, TRUNCATED, HEADER_INVALID, DESCRIPTOR_LOCATION, DESCRIPTOR_SIZE, TABLE_LOCATION,
-         FOOTER_MISMATCH, DESCRIPTOR_SYNTAX, CREATE_TYPE, EXTENTS, EXTENT_TYPE, FILE_REFERENCE, CAPACITY_MISMATCH,
-         PARENT, SUBFORMAT_MISMATCH)
+GRAIN_MARKERS = _code(
+    "grain_markers", "The stream-optimized VMDK's grain markers and grain tables describe different disks.",
+    "qemu finds each grain through the grain tables; a streaming reader (an OVF import) places each grain at "
+    "the LBA its marker names. A marker naming another LBA than the table entry that points at it, a grain no "
+    "table points at, or a marker stream that cannot be followed to its end gives the two readers different "
+    "disks. The detail names the first LBA where they differ.")
+OPTIONS = PluginOptions("vmdk", (
+    PluginOption("max_grains", 4 << 20, "Most allocated grains of a stream-optimized VMDK whose tables and "
+                 "markers are compared (4 Mi: 256 GiB of 64 KiB grains); more is vmdk.grain_markers."),
+))
+CODES = (DESCRIPTOR_ONLY, TRUNCATED, HEADER_INVALID, HEADER_UNUSUAL, DESCRIPTOR_LOCATION, DESCRIPTOR_SIZE,
+         TABLE_LOCATION, FOOTER_MISMATCH, DESCRIPTOR_SYNTAX, CREATE_TYPE, EXTENTS, EXTENT_TYPE, FILE_REFERENCE,
+         CAPACITY_MISMATCH, PARENT, SUBFORMAT_MISMATCH, GRAIN_MARKERS)
 
 
 @hookimpl
@@ -131,13 +128,9 @@ def importhooks_finding_codes() -> tuple[FindingCode, ...]:
     return CODES
 
 
-class Problem(Exception):
-    """A finding that ends the parse: later structures cannot be trusted."""
-
-    def __init__(self, code: FindingCode, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+@hookimpl
+def importhooks_plugin_options() -> PluginOptions:
+    return OPTIONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,44 +164,48 @@ class SparseHeader:
         tables = -(-self.capacity // (self.num_gtes_per_gt * self.grain_size))
         return -(-tables * 4 // SECTOR)
 
+    def tables(self) -> list[tuple[str, int]]:
+        """The grain directory and, when the flag says there is one, its redundant copy."""
+        tables = [("gdOffset", self.gd_offset)]
+        if self.flags & FLAG_RGD:
+            tables.append(("rgdOffset", self.rgd_offset))
+        return tables
 
-def check_header(header: SparseHeader, file_sectors: int) -> None:
-    """Raise :class:`Problem` for the first header field that is out of range."""
+
+def check_header(header: SparseHeader, file_sectors: int) -> list[str]:
+    """Raise :class:`Problem` for the first field qemu refuses; return what is merely unusual."""
     if header.version not in VERSIONS:
         raise Problem(HEADER_INVALID, f"version {header.version}")
-    if header.flags & ~KNOWN_FLAGS:
-        raise Problem(HEADER_INVALID, f"unknown flags {header.flags & ~KNOWN_FLAGS:#x}")
-    if header.flags & FLAG_NL_DETECT and header.newline_check != NEWLINE_CHECK:
-        raise Problem(HEADER_INVALID, f"newline check bytes {header.newline_check!r} (text-mode transfer?)")
-    if header.compress_algorithm not in (COMPRESS_NONE, COMPRESS_DEFLATE):
-        raise Problem(HEADER_INVALID, f"compressAlgorithm {header.compress_algorithm}")
     if header.capacity == 0:
         raise Problem(HEADER_INVALID, "capacity 0: qemu would open the embedded descriptor's extents")
     grain = header.grain_size
-    if not GRAIN_MIN_SECTORS <= grain <= GRAIN_MAX_SECTORS or grain & (grain - 1):
+    if not 0 < grain <= GRAIN_QEMU_MAX_SECTORS:
         raise Problem(HEADER_INVALID, f"grainSize {grain} sectors")
-    if header.num_gtes_per_gt != NUM_GTES_PER_GT:
+    if not 0 < header.num_gtes_per_gt <= NUM_GTES_PER_GT:
         raise Problem(HEADER_INVALID, f"numGTEsPerGT {header.num_gtes_per_gt}")
     if header.descriptor_offset == 0 or header.descriptor_size == 0:
         raise Problem(DESCRIPTOR_LOCATION, "no embedded descriptor (an extent of a multi-file disk?)")
-    if header.descriptor_size > DESCRIPTOR_MAX_SECTORS:
-        raise Problem(DESCRIPTOR_SIZE, f"descriptorSize {header.descriptor_size} sectors")
     if header.descriptor_offset != DESCRIPTOR_SECTOR:
         raise Problem(DESCRIPTOR_LOCATION, f"descriptorOffset {header.descriptor_offset}")
-    if header.descriptor_offset + header.descriptor_size > file_sectors:
-        raise Problem(TRUNCATED, f"descriptor ends at sector {header.descriptor_offset + header.descriptor_size}, "
-                                 f"file has {file_sectors}")
     if header.overhead > file_sectors:
         raise Problem(TRUNCATED, f"grain data starts at sector {header.overhead}, file has {file_sectors}")
+    unusual = []
+    if header.flags & ~KNOWN_FLAGS:
+        unusual.append(f"unknown flags {header.flags & ~KNOWN_FLAGS:#x}")
+    if header.flags & FLAG_NL_DETECT and header.newline_check != NEWLINE_CHECK:
+        unusual.append(f"newline check bytes {header.newline_check!r} (text-mode transfer?)")
+    if header.compress_algorithm not in (COMPRESS_NONE, COMPRESS_DEFLATE):
+        unusual.append(f"compressAlgorithm {header.compress_algorithm} (qemu reads the grains uncompressed)")
+    if not GRAIN_MIN_SECTORS <= grain <= GRAIN_MAX_SECTORS or grain & (grain - 1):
+        unusual.append(f"grainSize {grain} sectors")
+    if header.num_gtes_per_gt != NUM_GTES_PER_GT:
+        unusual.append(f"numGTEsPerGT {header.num_gtes_per_gt}")
+    return unusual
 
 
-def check_tables(header: SparseHeader, file_sectors: int, what: str = "header") -> None:
-    """The grain directory and its redundant copy lie after the descriptor and inside the file."""
-    tables = [("gdOffset", header.gd_offset)]
-    if header.flags & FLAG_RGD:
-        tables.append(("rgdOffset", header.rgd_offset))
-    first = header.descriptor_offset + header.descriptor_size
-    for name, offset in tables:
+def check_tables(header: SparseHeader, file_sectors: int, first: int, what: str = "header") -> None:
+    """The grain directory and its redundant copy lie at or after sector ``first`` and inside the file."""
+    for name, offset in header.tables():
         if offset < first:
             raise Problem(TABLE_LOCATION, f"{what} {name} {offset}: overlaps the header or descriptor")
         if offset + header.gd_sectors() > file_sectors:
@@ -216,9 +213,7 @@ def check_tables(header: SparseHeader, file_sectors: int, what: str = "header") 
 
 
 def check_footer(header: SparseHeader, tail: bytes, file_size: int) -> SparseHeader:
-    """Check a stream-optimized image's footer (marker, header copy, end-of-stream) and return its header."""
-    if header.compress_algorithm != COMPRESS_DEFLATE:
-        raise Problem(TABLE_LOCATION, "grain directory at end in an image that is not stream-optimized")
+    """Check the footer qemu reads for a grain directory 'at end' (marker, header copy, end-of-stream)."""
     if file_size % SECTOR or len(tail) != 3 * SECTOR or file_size < 4 * SECTOR:
         raise Problem(FOOTER_MISMATCH, f"no room for a footer in {file_size} bytes")
     marker, copy, eos = tail[:SECTOR], tail[SECTOR : 2 * SECTOR], tail[2 * SECTOR :]
@@ -236,148 +231,83 @@ def check_footer(header: SparseHeader, tail: bytes, file_size: int) -> SparseHea
             raise Problem(FOOTER_MISMATCH, f"{field}: header {getattr(header, field)}, footer {getattr(footer, field)}")
     if footer.gd_offset == GD_AT_END:
         raise Problem(FOOTER_MISMATCH, "footer points at another footer")
-    check_tables(footer, file_size // SECTOR - 3, "footer")
     return footer
 
 
-@dataclass
-class Descriptor:
-    """What the descriptor text says: header keys (lower case) and extent lines."""
+def embedded_text(region: bytes, padding_end: int) -> bytes:
+    """The descriptor text of an embedded descriptor region: up to its NUL, with only NULs after it.
 
-    keys: dict[str, str]
-    extents: list[tuple[str, str, str, str | None, str | None]]  # access, size, type, name, offset
-    problems: list[tuple[FindingCode, str]]
-
-
-def embedded_text(region: bytes) -> bytes:
-    """The descriptor text of an embedded descriptor region: up to its NUL, with only NULs after it."""
+    Only the first ``padding_end`` bytes must be NULs after the text: past them the
+    header places tables or grains (a descriptorSize larger than the text needs). One
+    exception: when qemu rewrites the CID on its first write to an image and the new
+    CID has fewer hex digits, the old text's last bytes stay after the new NUL. Such a
+    tail, a suffix of the text of at most ``DESCRIPTOR_TAIL_MAX`` bytes with no line
+    break before its end, is too short to hold any key or extent line and is accepted.
+    """
     end = region.find(b"\0")
     if end < 0:
-        raise Problem(DESCRIPTOR_SYNTAX, "descriptor not NUL-terminated within its sectors")
-    if region.count(0, end) != len(region) - end:
+        raise Problem(DESCRIPTOR_SYNTAX, f"descriptor not NUL-terminated within its first {len(region)} bytes")
+    text = region[:end]
+    padding = region[end + 1 : padding_end]
+    tail = padding.split(b"\0", 1)[0]
+    if tail and (len(tail) > DESCRIPTOR_TAIL_MAX or not text.endswith(tail) or b"\n" in tail[:-1]):
         raise Problem(DESCRIPTOR_SYNTAX, f"data after the descriptor's end at byte {end}")
-    if not region[:end].strip():
+    if padding.count(0) != len(padding) - len(tail):
+        raise Problem(DESCRIPTOR_SYNTAX, f"data after the descriptor's end at byte {end + 1 + len(tail)}")
+    if not text.strip():
         raise Problem(DESCRIPTOR_LOCATION, "empty embedded descriptor (an extent of a multi-file disk?)")
-    return region[:end]
+    return text
 
 
-def parse_descriptor(raw: bytes) -> Descriptor:
-    """Parse descriptor text; every line must be understood (raises :class:`Problem` if it cannot be read)."""
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise Problem(DESCRIPTOR_SYNTAX, f"not ASCII at byte {exc.start}") from None
-    lines = text.split("\n")
-    if len(lines) > DESCRIPTOR_MAX_LINES:
-        raise Problem(DESCRIPTOR_SYNTAX, f"{len(lines)} lines, limit {DESCRIPTOR_MAX_LINES}")
-    result = Descriptor({}, [], [])
-    for number, full in enumerate(lines, 1):
-        line = full.removesuffix("\r").strip(" \t")
-        where = f"line {number} {line[:80]!r}"
-        if len(line) > DESCRIPTOR_MAX_LINE_LENGTH or _CONTROL.search(line):
-            raise Problem(DESCRIPTOR_SYNTAX, f"line {number}: too long or control characters")
-        if not line or line.startswith("#"):
-            continue
-        if line[:4].lower() == "ddb.":
-            if "=" not in line:
-                result.problems.append((DESCRIPTOR_SYNTAX, f"{where}: ddb line without '='"))
-            continue
-        if line.split(None, 1)[0].upper() in ACCESS_MODES:
-            match = _EXTENT.fullmatch(line)
-            if match is None:
-                result.problems.append((DESCRIPTOR_SYNTAX, f"{where}: malformed extent line"))
-            else:
-                access, size, kind, name, offset = match.groups()
-                result.extents.append((access.upper(), size, kind.upper(), name, offset))
-            continue
-        key, equals, value = line.partition("=")
-        key = key.strip()
-        if not equals or not _KEY.fullmatch(key):
-            result.problems.append((DESCRIPTOR_SYNTAX, f"{where}: unrecognised line"))
-        elif key.lower() == "parentfilenamehint":
-            result.problems.append((PARENT, f"{where}: parentFileNameHint"))
-        elif key.lower() == "changetrackpath":
-            result.problems.append((FILE_REFERENCE, f"{where}: changeTrackPath"))
-        elif key.lower() not in HEADER_KEYS:
-            result.problems.append((DESCRIPTOR_SYNTAX, f"{where}: unknown key"))
-        elif key.lower() in result.keys:
-            result.problems.append((DESCRIPTOR_SYNTAX, f"{where}: repeated key"))
-        else:
-            result.keys[key.lower()] = value.strip().strip('"')
-    lowered = text.lower()
-    if "parentfilenamehint" in lowered and not any(code is PARENT for code, _ in result.problems):
-        result.problems.append((PARENT, "parentFileNameHint in a comment or value (qemu still follows it)"))
-    for key in ("createtype", "parentcid"):
-        if lowered.count(key) > (key in result.keys):
-            result.problems.append((DESCRIPTOR_SYNTAX, f"{key!r} appears outside its header line"))
-    return result
-
-
-def name_problem(name: str | None) -> str | None:
-    """Why an extent name is not the plain file name a single-file VMDK gives itself, or ``None``."""
-    if not name:
-        return "no file name"
-    if len(name) > EXTENT_NAME_MAX:
-        return f"name of {len(name)} characters"
-    if "/" in name or "\\" in name or ".." in name:
-        return "a path"
-    if ":" in name:
-        return "a protocol or drive prefix"
-    if not _NAME_CHARS.fullmatch(name) or name.endswith(" "):
-        return "not a plain file name"
-    if _OTHER_FILE_KIND.search(name):
-        return "the name of a flat, split, delta or change-tracking file"
-    return None
-
-
-def check_descriptor(descriptor: Descriptor, header: SparseHeader) -> list[tuple[FindingCode, str]]:
-    """Every problem of a parsed embedded descriptor, against its header."""
-    problems = list(descriptor.problems)
-    create_type = descriptor.keys.get("createtype")
-    if create_type is None or create_type.lower() not in CREATE_TYPES:
-        problems.append((CREATE_TYPE, f"createType {create_type!r}"))
-    elif create_type.lower() == "streamoptimized" and header.compress_algorithm != COMPRESS_DEFLATE:
-        problems.append((SUBFORMAT_MISMATCH, "streamOptimized with uncompressed grains"))
-    elif create_type.lower() == "monolithicsparse" and (
-            header.compress_algorithm != COMPRESS_NONE or header.gd_offset == GD_AT_END):
-        problems.append((SUBFORMAT_MISMATCH, "monolithicSparse with compressed grains or a footer"))
-    parent_cid = descriptor.keys.get("parentcid", NO_PARENT_CID)
-    if parent_cid.lower() != NO_PARENT_CID:
-        problems.append((PARENT, f"parentCID {parent_cid[:16]!r}"))
-    extents = descriptor.extents
-    if len(extents) != 1:
-        problems.append((EXTENTS, f"{len(extents)} extent lines: {[e[:3] for e in extents[:8]]!r}"))
-    total: int | None = 0
-    for number, (access, size, kind, name, offset) in enumerate(extents, 1):
-        if access == "NOACCESS":
-            problems.append((EXTENTS, f"extent {number}: NOACCESS"))
-        if kind != "SPARSE":
-            problems.append((EXTENT_TYPE, f"extent {number}: type {kind[:16]!r}"))
-        elif offset is not None:
-            problems.append((DESCRIPTOR_SYNTAX, f"extent {number}: SPARSE extent with an offset {offset[:24]!r}"))
-        why = name_problem(name)
-        if why is not None:
-            problems.append((FILE_REFERENCE, f"extent {number}: {why}: {(name or '')[:80]!r}"))
-        if not size.isdigit() or len(size) > 20 or int(size) == 0:
-            problems.append((DESCRIPTOR_SYNTAX, f"extent {number}: size {size[:24]!r}"))
-            total = None
-        elif total is not None:
-            total += int(size)
-    if total is not None and extents and total != header.capacity:
-        problems.append((CAPACITY_MISMATCH, f"extents {total} sectors, header capacity {header.capacity}"))
+def _inspect_sparse(context: ImportContext, head: bytes) -> list[tuple[FindingCode, str]]:
+    """Header, footer, tables and embedded descriptor; raises :class:`Problem` for what ends the parse."""
+    data = context.data
+    file_sectors = data.size // SECTOR
+    header = SparseHeader.parse(head)
+    problems: list[tuple[FindingCode, str]] = [(HEADER_UNUSUAL, why) for why in check_header(header, file_sectors)]
+    tables = header
+    if header.gd_offset == GD_AT_END:
+        tables = check_footer(header, data.read_at(max(0, data.size - 3 * SECTOR), 3 * SECTOR), data.size)
+        file_sectors -= 3
+        if header.compress_algorithm != COMPRESS_DEFLATE:  # qemu and DiscUtils read the footer all the same
+            problems.append((HEADER_UNUSUAL, "grain directory at end (a footer) without compressed grains"))
+    context.facts.update(format_version=header.version, cluster_size=header.grain_size * SECTOR,
+                         compressed_clusters=header.compress_algorithm == COMPRESS_DEFLATE)
+    declared = header.descriptor_size
+    structures = min([header.overhead, *(offset for _name, offset in tables.tables())])
+    if declared > DESCRIPTOR_MAX_SECTORS or DESCRIPTOR_SECTOR + declared > min(structures, file_sectors):
+        problems.append((DESCRIPTOR_SIZE, f"descriptorSize {declared} sectors; tables or grains from sector "
+                                          f"{structures}, file of {data.size // SECTOR} sectors"))
+    region = data.read_at(DESCRIPTOR_SECTOR * SECTOR, min(declared, DESCRIPTOR_MAX_SECTORS) * SECTOR)
+    text = embedded_text(region, max(0, structures - DESCRIPTOR_SECTOR) * SECTOR)
+    check_tables(tables, file_sectors, DESCRIPTOR_SECTOR + len(text) // SECTOR + 1,
+                 "footer" if tables is not header else "header")
+    if header.flags & FLAG_MARKERS and header.compress_algorithm == COMPRESS_DEFLATE:
+        problems += compare_grains(context, header, tables)
+    descriptor = parse_descriptor(text)
+    problems += check_descriptor(descriptor, header.capacity, header.compress_algorithm == COMPRESS_DEFLATE,
+                                 header.gd_offset == GD_AT_END)
+    if not any(code.severity is Severity.ERROR for code, _detail in problems):
+        create_type = descriptor.keys["createtype"].lower()
+        if SUBFORMAT_MISMATCH in (code for code, _detail in problems):  # qemu goes by the grains
+            create_type = "streamoptimized" if header.compress_algorithm == COMPRESS_DEFLATE else "monolithicsparse"
+        context.facts["subformat"] = CREATE_TYPES[create_type]
     return problems
 
 
-def describe_descriptor_file(raw: bytes) -> str:
-    """Operator detail for a descriptor-only file: its createType and extent types, escaped."""
-    try:
-        descriptor = parse_descriptor(raw)
-    except Problem as problem:
-        return f"descriptor-only file, unparseable: {problem.detail}"
-    kinds = [kind[:16] for _access, _size, kind, _name, _offset in descriptor.extents[:8]]
-    create_type = descriptor.keys.get("createtype")
-    return (f"descriptor-only file: createType {create_type[:64] if create_type else None!r}, "
-            f"{len(descriptor.extents)} extent(s) of types {kinds!r}")
+def compare_grains(context: ImportContext, header: SparseHeader, tables: SparseHeader) -> list[tuple[FindingCode, str]]:
+    """Grain tables (qemu's reading) against grain markers (a streaming reader's) of a stream-optimized image."""
+    max_grains = int(context.options("vmdk").get("max_grains", 4 << 20))
+    with context.data.open() as handle:
+        try:
+            by_table = table_map(handle, gd_offset=tables.gd_offset, capacity=header.capacity,
+                                 grain=header.grain_size, gtes=header.num_gtes_per_gt,
+                                 zeroed=bool(header.flags & FLAG_ZERO_GRAIN), max_grains=max_grains)
+            by_marker = marker_map(handle, start=header.overhead, end=context.data.size, max_grains=max_grains)
+        except GrainError as error:
+            return [(GRAIN_MARKERS, str(error))]
+    why = disagreement(by_table, by_marker)
+    return [] if why is None else [(GRAIN_MARKERS, why)]
 
 
 @hookimpl
@@ -392,21 +322,9 @@ def importhooks_inspect(context: ImportContext) -> None:
         context.report(DESCRIPTOR_ONLY, detail=describe_descriptor_file(raw.split(b"\0", 1)[0]))
         return
     try:
-        header = SparseHeader.parse(head)
-        check_header(header, data.size // SECTOR)
-        if header.gd_offset == GD_AT_END:
-            check_footer(header, data.read_at(max(0, data.size - 3 * SECTOR), 3 * SECTOR), data.size)
-        else:
-            check_tables(header, data.size // SECTOR)
-        context.facts.update(format_version=header.version, cluster_size=header.grain_size * SECTOR,
-                             compressed_clusters=header.compress_algorithm == COMPRESS_DEFLATE)
-        region = data.read_at(header.descriptor_offset * SECTOR, header.descriptor_size * SECTOR)
-        descriptor = parse_descriptor(embedded_text(region))
+        problems = _inspect_sparse(context, head)
     except Problem as problem:
         context.report(problem.code, detail=problem.detail)
         return
-    problems = check_descriptor(descriptor, header)
-    if not problems:
-        context.facts["subformat"] = CREATE_TYPES[descriptor.keys["createtype"].lower()]
     for code in dict.fromkeys(code for code, _detail in problems):
         context.report(code, detail="; ".join(detail for c, detail in problems if c is code)[:1000])

@@ -370,6 +370,7 @@ def test_truncated_header_is_invalid_not_raw(settings: Settings, tmp_path: Path,
 MAGIC_GARBAGE = {
     "QFI\\xfb": b"QFI\xfb",
     "KDMV": b"KDMV",
+    "COWD": b"COWD",  # VMware 3 sparse extent: qemu probes and opens it as vmdk (see test_qemu_probe.py)
     "conectix": b"conectix",
     "vhdxfile": b"vhdxfile",
     "QED\\0": b"QED\x00",

@@ -13,46 +13,28 @@ from pathlib import Path
 import pytest
 from importhooks_plugins import vmdk
 
-from importhooks import Claims, ImportRequest, Pipeline, Verdict
+from importhooks import Verdict
 
 from . import images
 from . import vmdk_images as v
 from .helpers import codes
+from .vmdk_checks import (
+    accepted_with_warnings,
+    audit,
+    detail,
+    pristine_images,
+    qemu_opens,
+    qemu_same_disk,
+    rejected_with,
+)
 
 SECTOR = 512
-
-
-def audit(settings, path: Path, **claims):
-    return Pipeline.from_settings(settings).run(ImportRequest(path=path, claims=Claims(**claims)))
-
-
-def rejected_with(settings, path: Path, code: str, **claims):
-    """Audit ``path``; assert a reject naming ``code``, no plugin failure, no untrusted text in messages."""
-    result = audit(settings, path, **claims)
-    found = codes(result)
-    assert result.verdict is Verdict.REJECT, found
-    assert code in found, (code, [(f.code, f.detail) for f in result.findings])
-    assert "pipeline.plugin_failed" not in found
-    for finding in result.findings:
-        assert "passwd" not in finding.message and "/" not in finding.message, finding
-    return result
-
-
-def detail(result, code: str) -> str:
-    return " ".join(f.detail or "" for f in result.findings if f.code == code)
 
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> dict[str, Path]:
     """Images made once per module; tests patch copies of them."""
-    base = tmp_path_factory.mktemp("vmdk")
-    return {
-        "sparse": v.created(base / "sparse.vmdk", "monolithicSparse"),
-        "stream": v.created(base / "stream.vmdk", "streamOptimized"),
-        "sparse_data": v.converted(base / "sparse_data.vmdk", "monolithicSparse"),
-        "stream_data": v.converted(base / "stream_data.vmdk", "streamOptimized"),
-        "sparse_big": v.converted(base / "sparse_big.vmdk", "monolithicSparse", random=3 << 20),
-    }
+    return pristine_images(tmp_path_factory.mktemp("vmdk"))
 
 
 @pytest.fixture
@@ -142,103 +124,6 @@ def test_extent_of_a_split_disk_is_rejected(settings, tmp_path):
     rejected_with(settings, tmp_path / "split-s001.vmdk", "vmdk.descriptor_location", disk_format="vmdk")
 
 
-# -- the embedded descriptor ---------------------------------------------------------
-
-SMUGGLED = 'RW 2048 FLAT "/etc/passwd" 0'
-
-
-def test_second_extent_smuggled_into_the_embedded_descriptor(settings, copy):
-    path = copy("sparse_data")
-    size = path.stat().st_size
-    v.rewrite_descriptor(path, v.add_line_after("RW ", SMUGGLED))
-    assert path.stat().st_size == size and SMUGGLED in v.descriptor_text(path)
-    result = rejected_with(settings, path, "vmdk.extents", disk_format="vmdk")
-    assert {"vmdk.extent_type", "vmdk.file_reference", "vmdk.capacity_mismatch"} <= set(codes(result))
-    assert "'/etc/passwd'" in detail(result, "vmdk.file_reference")
-
-
-def test_second_sparse_extent_without_a_slash(settings, copy):
-    """No '/' anywhere, so oslo.utils' check passes it: only this plugin catches it."""
-    path = v.rewrite_descriptor(copy("sparse"), v.add_line_after("RW ", 'RW 131072 SPARSE "other.vmdk"'))
-    result = rejected_with(settings, path, "vmdk.extents", disk_format="vmdk")
-    assert "vmdk.descriptor" not in codes(result)
-
-
-@pytest.mark.parametrize(("line", "code"), [
-    ('RW 131072 FLAT "/etc/passwd" 0', "vmdk.extent_type"),
-    ('RW 131072 VMFS "disk-flat.vmdk"', "vmdk.extent_type"),
-    ('RW 131072 VMFSRDM "disk-rdm.vmdk"', "vmdk.extent_type"),
-    ('RW 131072 ZERO', "vmdk.extent_type"),
-    ('RW 131072 SPARSE "nbd:localhost:10809"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "..vmdk"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "disk-flat.vmdk"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "disk-s001.vmdk"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE ".hidden.vmdk"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "disk.vmdk;reboot"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "C:disk.vmdk"', "vmdk.file_reference"),
-    ('RW 131072 SPARSE ""', "vmdk.file_reference"),
-    ('RW 131072 SPARSE "disk.vmdk" 0', "vmdk.descriptor_syntax"),
-    ('NOACCESS 131072 SPARSE "disk.vmdk"', "vmdk.extents"),
-    ('RW 2048 SPARSE "disk.vmdk"', "vmdk.capacity_mismatch"),
-    ('RW -131072 SPARSE "disk.vmdk"', "vmdk.descriptor_syntax"),
-])
-def test_bad_extent_line(settings, copy, line, code):
-    path = v.rewrite_descriptor(copy("sparse"), v.replace_line("RW ", line))
-    rejected_with(settings, path, code, disk_format="vmdk")
-
-
-@pytest.mark.parametrize("create_type", ["monolithicFlat", "twoGbMaxExtentSparse", "vmfs", "vmfsRDM",
-                                         "partitionedDevice", "custom"])
-def test_create_type_other_than_single_file_sparse(settings, copy, create_type):
-    path = v.rewrite_descriptor(copy("sparse"), v.replace_line("createType", f'createType="{create_type}"'))
-    result = rejected_with(settings, path, "vmdk.create_type", disk_format="vmdk")
-    assert repr(create_type) in detail(result, "vmdk.create_type")
-
-
-def test_create_type_disagreeing_with_the_header(settings, copy):
-    path = v.rewrite_descriptor(copy("sparse"), v.replace_line("createType", 'createType="streamOptimized"'))
-    rejected_with(settings, path, "vmdk.subformat_mismatch", disk_format="vmdk")
-
-
-@pytest.mark.parametrize("change", [
-    v.add_line_after("createType", 'parentFileNameHint="/etc/passwd"'),
-    v.add_line_after("createType", '# parentFileNameHint="base.vmdk"'),
-    v.replace_line("parentCID", "parentCID=1234abcd"),
-])
-def test_linked_clone_is_rejected(settings, copy, change):
-    rejected_with(settings, v.rewrite_descriptor(copy("sparse"), change), "vmdk.parent", disk_format="vmdk")
-
-
-@pytest.mark.parametrize(("change", "tail", "code"), [
-    (v.add_line_after("createType", "ddb.comment = \"caf\xe9\""), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "# createType=\"monolithicFlat\""), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "createType=\"monolithicSparse\""), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "uuid=1234"), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "this is not a descriptor line"), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "version=1\x0bRW 2048 FLAT \"x\" 0"), b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", 'changeTrackPath="disk-ctk.vmdk"'), b"", "vmdk.file_reference"),
-    (lambda text: text, SMUGGLED.encode() + b"\n", "vmdk.descriptor_syntax"),
-    (lambda text: text + "\n" * vmdk.DESCRIPTOR_MAX_LINES, b"", "vmdk.descriptor_syntax"),
-    (v.add_line_after("createType", "ddb.x = \"" + "a" * vmdk.DESCRIPTOR_MAX_LINE_LENGTH + "\""), b"",
-     "vmdk.descriptor_syntax"),
-])
-def test_descriptor_text_that_cannot_be_trusted(settings, copy, change, tail, code):
-    path = v.rewrite_descriptor(copy("sparse"), change, tail=tail)
-    rejected_with(settings, path, code, disk_format="vmdk")
-
-
-def test_descriptor_without_terminating_nul(settings, copy):
-    path = copy("sparse")
-    header = v.read_header(path)
-    v.patch_bytes(path, SECTOR, b"#" * header["descriptor_size"] * SECTOR)
-    rejected_with(settings, path, "vmdk.descriptor_syntax", disk_format="vmdk")
-
-
-def test_empty_descriptor(settings, copy):
-    path = v.rewrite_descriptor(copy("sparse"), lambda text: "")
-    rejected_with(settings, path, "vmdk.descriptor_location", disk_format="vmdk")
-
-
 # -- the sparse extent header --------------------------------------------------------
 
 
@@ -274,21 +159,18 @@ def test_truncated_descriptor_is_a_finding_not_an_exception(pristine, length):
     ({"capacity": 0}, "vmdk.header", "capacity 0"),
     ({"num_gtes_per_gt": 1024}, "vmdk.header", "numGTEsPerGT"),
     ({"num_gtes_per_gt": 0}, "vmdk.header", "numGTEsPerGT"),
-    ({"grain_size": 96}, "vmdk.header", "grainSize"),
-    ({"grain_size": 1 << 20}, "vmdk.header", "grainSize"),
     ({"grain_size": 0}, "vmdk.header", "grainSize"),
-    ({"flags": 0x3 | (1 << 9)}, "vmdk.header", "flags"),
-    ({"compress_algorithm": 2}, "vmdk.header", "compressAlgorithm"),
+    ({"grain_size": vmdk.GRAIN_QEMU_MAX_SECTORS * 2}, "vmdk.header", "grainSize"),
     ({"version": 4}, "vmdk.header", "version"),
     ({"version": 0}, "vmdk.header", "version"),
     ({"descriptor_offset": 1 << 30}, "vmdk.descriptor_location", "descriptorOffset"),
     ({"descriptor_offset": 2}, "vmdk.descriptor_location", "descriptorOffset"),
     ({"descriptor_offset": 0}, "vmdk.descriptor_location", "no embedded descriptor"),
-    ({"gd_offset": 10}, "vmdk.table_location", "gdOffset"),
+    ({"gd_offset": 1}, "vmdk.table_location", "gdOffset"),
     ({"gd_offset": 1 << 40}, "vmdk.truncated", "gdOffset"),
     ({"rgd_offset": 0}, "vmdk.table_location", "rgdOffset"),
     ({"overhead": 1 << 50}, "vmdk.truncated", "grain data"),
-    ({"gd_offset": v.GD_AT_END}, "vmdk.table_location", "not stream-optimized"),
+    ({"gd_offset": v.GD_AT_END}, "vmdk.footer_mismatch", "marker"),  # 'at end', but no footer follows
 ])
 def test_bad_header_fields(settings, copy, fields, code, why):
     path = v.patch_header(copy("sparse"), **fields)
@@ -296,18 +178,56 @@ def test_bad_header_fields(settings, copy, fields, code, why):
     assert why in detail(result, code)
 
 
-def test_damaged_newline_check_bytes(settings, copy):
+@pytest.mark.parametrize(("fields", "why"), [
+    ({"grain_size": 96}, "grainSize"),
+    ({"grain_size": 4096}, "grainSize"),
+    ({"flags": 0x3 | (1 << 9)}, "flags"),
+    ({"compress_algorithm": 2}, "compressAlgorithm"),
+    ({"num_gtes_per_gt": 256}, "numGTEsPerGT"),
+])
+def test_header_fields_qemu_tolerates_are_warnings(settings, copy, fields, why):
+    """qemu opens these (grains are read as the header says, files stay self-contained): a warning only."""
+    path = v.patch_header(copy("sparse_data"), **fields)
+    qemu_opens(path)
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual")
+    assert why in detail(result, "vmdk.header_unusual")
+
+
+def test_footer_in_an_uncompressed_image_is_a_warning(settings, copy, pristine):
+    """qemu reads the footer of any sparse image whose gdOffset is 'at end', compressed or not."""
+    path = v.with_footer(copy("sparse_data"))
+    qemu_opens(path)
+    qemu_same_disk(pristine["sparse_data"], path)
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual", "vmdk.subformat_mismatch")
+    assert "footer" in detail(result, "vmdk.header_unusual")
+    assert result.layers[-1].facts["subformat"] == "monolithicSparse"
+
+
+def test_damaged_newline_check_bytes_are_a_warning(settings, copy):
     path = v.patch_bytes(copy("sparse"), 73, b"\n \n\n")  # what a text-mode transfer does to "\n \r\n"
-    result = rejected_with(settings, path, "vmdk.header", disk_format="vmdk")
-    assert "newline" in detail(result, "vmdk.header")
+    qemu_opens(path)
+    result = accepted_with_warnings(settings, path, "vmdk.header_unusual")
+    assert "newline" in detail(result, "vmdk.header_unusual")
 
 
-@pytest.mark.parametrize("size", [vmdk.DESCRIPTOR_MAX_SECTORS + 1, 1 << 40])
-def test_absurd_descriptor_size(settings, copy, size):
-    """A file over 1 MiB, so oslo.utils' capped read of the descriptor completes and this plugin runs."""
+@pytest.mark.parametrize("size", [21, 100, vmdk.DESCRIPTOR_MAX_SECTORS + 1, 1 << 40])
+def test_descriptor_size_larger_than_needed_is_a_warning(settings, copy, pristine, size):
+    """qemu ignores descriptorSize (it reads sector 1 to the NUL): an area reaching over the grain tables
+    and data of a fully allocated image, or past its end, changes nothing any reader sees."""
     path = v.patch_header(copy("sparse_big"), descriptor_size=size)
-    result = rejected_with(settings, path, "vmdk.descriptor_size", disk_format="vmdk")
+    qemu_opens(path)
+    qemu_same_disk(pristine["sparse_big"], path)
+    result = accepted_with_warnings(settings, path, "vmdk.descriptor_size")
     assert str(size) in detail(result, "vmdk.descriptor_size")
+    assert result.layers[-1].facts["virtual_size"] == 4 << 20
+
+
+def test_descriptor_text_reaching_into_the_grain_directory(settings, copy):
+    """Text past the sectors the header gives the descriptor, into the grain directory, is not a descriptor."""
+    path = v.patch_header(copy("sparse_data"), descriptor_size=40)
+    end = SECTOR + len(v.descriptor_text(path))
+    v.patch_bytes(path, end, b"\n" + b"#" * (35 * SECTOR - end))  # one comment line over both directories
+    rejected_with(settings, path, "vmdk.table_location", disk_format="vmdk")
 
 
 def test_absurd_descriptor_size_in_a_small_file(settings, copy):

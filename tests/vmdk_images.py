@@ -80,11 +80,16 @@ def descriptor_text(path: Path) -> str:
     return region.split(b"\0", 1)[0].decode("ascii")
 
 
-def rewrite_descriptor(path: Path, change: Callable[[str], str], *, tail: bytes = b"") -> Path:
-    """Rewrite the embedded descriptor in place, NUL-padded to the same region; ``tail`` goes after the NUL."""
+def rewrite_descriptor(path: Path, change: Callable[[str], str], *, tail: bytes = b"",
+                       encoding: str = "latin-1") -> Path:
+    """Rewrite the embedded descriptor in place, NUL-padded to the same region; ``tail`` goes after the NUL.
+
+    The new text is written in ``encoding`` (latin-1 by default: one byte per character, so
+    a test can place any byte).
+    """
     header = read_header(path)
     length = header["descriptor_size"] * SECTOR
-    text = change(descriptor_text(path)).encode("latin-1") + b"\0" + tail
+    text = change(descriptor_text(path)).encode(encoding) + b"\0" + tail
     assert len(text) <= length, "the new descriptor does not fit its region"
     return patch_bytes(path, header["descriptor_offset"] * SECTOR, text.ljust(length, b"\0"))
 
