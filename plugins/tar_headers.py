@@ -1,0 +1,372 @@
+"""A strict second reading of a tar archive's headers, so importhooks never sees less than another tar reader.
+
+Used by the ``ova`` plugin (no hooks of its own). libarchive reads the archive for
+the member rules, but GNU tar and CPython's tarfile read some headers differently:
+they apply PAX global headers, which libarchive ignores; ``tar -i`` and
+``tarfile(ignore_zeros=True)`` carry on after the end-of-archive marker; they
+disagree on which of two long names wins, on the ustar prefix field outside ustar
+headers, on data after a link or directory header, on numbers written oddly.
+:class:`HeaderScan` reads every header itself, in one pass over the headers alone
+(member data is skipped, never read), and raises
+:class:`~plugins.tar_rules.Violation` wherever two of those readers could see
+different members. What remains is one list of members every reader agrees on,
+which the ``ova`` plugin compares with libarchive's, member by member.
+
+:meth:`HeaderScan.feed` takes the bytes in chunks of any size; :meth:`HeaderScan.skip`
+says how many bytes it will ignore next, so :func:`scan` seeks past member data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from importhooks import FindingCode, Severity
+
+from .tar_rules import CORRUPT, SPARSE, TOO_MANY_MEMBERS, Violation, clip
+
+
+def _code(name: str, summary: str, help_text: str) -> FindingCode:
+    return FindingCode(f"tar.{name}", summary, help_text, Severity.ERROR)
+
+
+AMBIGUOUS = _code(
+    "ambiguous_header", "The archive holds a header that tar programs read in different ways.",
+    "GNU tar, CPython tarfile and libarchive would list different members: two GNU long names, or a long "
+    "name and a PAX 'path' (or 'linkpath', or 'GNU.sparse.name') for one member; a PAX 'size' that differs "
+    "from the header's; data after a link, directory or device header; a type flag one of them does not "
+    "know; a ustar prefix in a header that is not ustar; a regular file whose name ends in '/'; a numeric "
+    "field that is not plain octal or base-256; a malformed or repeated PAX record; an extended header with "
+    "no member after it; or libarchive's member list differs from importhooks' own reading.")
+GLOBAL_HEADER = _code(
+    "global_header", "The archive holds a global header that changes its files.",
+    "A PAX global header ('g') sets 'path', 'linkpath', 'size', a GNU sparse record or a non-UTF-8 "
+    "'hdrcharset' for the members after it. GNU tar and CPython tarfile apply it, libarchive ignores it: an "
+    "extractor could take another file, under another name, than the one checked.")
+TRAILING_DATA = _code(
+    "trailing_data", "The archive has data after its end.",
+    "Bytes other than zeros follow the end-of-archive marker (the first zero block), or more zeros than the "
+    "ova plugin's max_trailing_bytes. 'tar -i' and tarfile(ignore_zeros=True) read members there, and a zip "
+    "or another container appended to the archive is found by other tools.")
+HEADER_TOO_LARGE = _code(
+    "header_too_large", "The archive holds an extended header that is too large.",
+    "A PAX extended header or a GNU long name holds more bytes than the ova plugin's max_header_bytes.")
+CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, HEADER_TOO_LARGE)
+
+BLOCK = 512
+_OCTAL = re.compile(rb" *[0-7]+[ \0]*")
+_RECORD = re.compile(rb"([1-9][0-9]{0,8}) ")
+#: Regular files, links, special files (the rules judge those), old GNU sparse files.
+_MEMBER_TYPES = frozenset(b"0\x0071234567S")
+_DATA_TYPES = frozenset(b"0\x007S")
+_USTAR, _GNU = b"ustar\x0000", b"ustar  \x00"
+#: Records a PAX global header may not set: they change what a member is, or its name.
+_GLOBAL_FORBIDDEN = ("path", "linkpath", "size")
+_UTF8_CHARSET = "ISO-IR 10646 2000 UTF-8"
+_REPEATABLE = frozenset({"GNU.sparse.offset", "GNU.sparse.numbytes"})  # PAX 0.0 sparse maps repeat these
+
+
+class Handle(Protocol):
+    """What :func:`scan` reads from: a seekable binary file object (``context.data.open()``)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member as every reader sees it: name and link as bytes, type flag, bytes of data in the archive."""
+
+    name: bytes
+    type: bytes
+    size: int
+    link: bytes
+    sparse: bool
+
+
+def _number(field: bytes, what: str, *, signed: bool = True) -> int:
+    """A numeric header field: octal (digits, then only NULs or spaces), base-256, or all NULs (0)."""
+    if field[0] == 0x80 or (field[0] == 0xFF and signed):
+        value = int.from_bytes(field[1:], "big")
+        return value - (256 ** (len(field) - 1)) if field[0] == 0xFF else value
+    if not field.strip(b"\0"):
+        return 0
+    if _OCTAL.fullmatch(field) is None:
+        raise Violation(AMBIGUOUS, f"{what} field {clip(field)} is not plain octal")
+    return int(field.strip(b" \0"), 8)
+
+
+def _checksum(block: bytes) -> None:
+    field = block[148:156]
+    if _OCTAL.fullmatch(field) is None:
+        raise Violation(CORRUPT, f"header checksum field {clip(field)}")
+    stored = int(field.strip(b" \0"), 8)
+    blanked = block[:148] + b" " * 8 + block[156:]
+    unsigned = sum(blanked)
+    signed = unsigned - 256 * sum(1 for byte in blanked if byte > 127)
+    if stored not in (unsigned, signed):
+        raise Violation(CORRUPT, f"header checksum {stored}, computed {unsigned}")
+
+
+def _cstring(data: bytes, what: str) -> bytes:
+    """Text up to the first NUL; anything but NULs after it is read by some tools only."""
+    text, _, rest = data.partition(b"\0")
+    if rest.strip(b"\0"):
+        raise Violation(AMBIGUOUS, f"{what} has bytes after its end: {clip(data[:120])}")
+    return text
+
+
+def parse_records(data: bytes, what: str) -> dict[str, bytes]:
+    """The ``length key=value\\n`` records of a PAX header; any malformed or repeated record is a violation."""
+    records: dict[str, bytes] = {}
+    position = 0
+    while position < len(data):
+        match = _RECORD.match(data, position)
+        end = position + int(match[1]) if match else 0
+        if match is None or end > len(data) or data[end - 1:end] != b"\n":
+            if not data[position:].strip(b"\0"):
+                break  # NUL padding after the last record
+            raise Violation(AMBIGUOUS, f"{what}: malformed record at byte {position}")
+        key_bytes, equals, value = data[match.end(): end - 1].partition(b"=")
+        try:
+            key = key_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Violation(AMBIGUOUS, f"{what}: record key {clip(key_bytes)} is not UTF-8") from None
+        if not equals or not key:
+            raise Violation(AMBIGUOUS, f"{what}: record {clip(key)} has no '='")
+        if key in records and key not in _REPEATABLE:
+            raise Violation(AMBIGUOUS, f"{what}: record {clip(key)} twice")
+        records[key] = value
+        position = end
+    charset = records.get("hdrcharset")
+    if charset is not None and charset.decode("utf-8", "replace") != _UTF8_CHARSET:
+        raise Violation(AMBIGUOUS, f"{what}: hdrcharset {clip(charset)}")
+    return records
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderLimits:
+    """The limits of the header reading (the ova plugin's options)."""
+
+    max_members: int = 256
+    max_header_bytes: int = 64 << 10
+    max_trailing_bytes: int = 1 << 20
+    allow_sparse: bool = False
+
+
+class HeaderScan:
+    """A push parser of tar headers: :meth:`feed` bytes in order, :meth:`skip` what it ignores, :meth:`finish`."""
+
+    def __init__(self, limits: HeaderLimits) -> None:
+        self.limits = limits
+        self.members: list[Member] = []
+        self.offset = 0
+        self._buffer = bytearray()
+        self._want = BLOCK  # bytes to collect before _handle runs
+        self._handle: Callable[[bytes], None] = self._header
+        self._skip = 0
+        self._ended = False  # past the end-of-archive marker: only zeros may follow
+        self._trailing = 0
+        self._pending: dict[str, bytes] = {}  # long names and PAX records for the next member
+        self._extension_type = b""
+        self._extension_size = 0
+        self._data_after_extension = 0
+        self._headers = 0
+
+    @property
+    def ended(self) -> bool:
+        """True once the end-of-archive marker was read."""
+        return self._ended
+
+    def skip(self) -> int:
+        """Bytes of member data the scan ignores next: the caller may seek past them and call :meth:`skipped`."""
+        return self._skip
+
+    def skipped(self, count: int) -> None:
+        self._skip -= count
+        self.offset += count
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._ended:
+                self._tail(view)
+                return
+            if self._skip:
+                step = min(self._skip, len(view))
+                self.skipped(step)
+                view = view[step:]
+                continue
+            step = min(self._want - len(self._buffer), len(view))
+            self._buffer += view[:step]
+            view = view[step:]
+            self.offset += step
+            if len(self._buffer) == self._want:
+                collected = bytes(self._buffer)
+                self._buffer.clear()
+                self._want = BLOCK
+                self._handle(collected)
+
+    def finish(self) -> None:
+        """At the end of the data: nothing may be cut short, and no extended header left without its member."""
+        if self._ended:
+            return
+        if self._buffer or self._skip or self._handle != self._header:
+            raise Violation(CORRUPT, f"the archive ends inside a member, at byte {self.offset}")
+        if self._pending:
+            raise Violation(AMBIGUOUS, "an extended header is the last thing in the archive")
+
+    def _tail(self, view: memoryview) -> None:
+        self._trailing += len(view)
+        if view.tobytes().strip(b"\0"):
+            raise Violation(TRAILING_DATA, f"data after the end-of-archive marker at byte {self.offset}")
+        self.offset += len(view)
+        if self._trailing > self.limits.max_trailing_bytes:
+            raise Violation(TRAILING_DATA, f"over {self.limits.max_trailing_bytes} bytes after the end-of-archive "
+                                           "marker")
+
+    # -- one header block --------------------------------------------------------------------
+
+    def _header(self, block: bytes) -> None:
+        start = self.offset - BLOCK
+        if not block.strip(b"\0"):
+            if self._pending:
+                raise Violation(AMBIGUOUS, f"an extended header without a member, at byte {start}")
+            self._ended = True
+            self._trailing = BLOCK
+            return
+        self._headers += 1
+        if self._headers > 3 * self.limits.max_members + 3:  # a member has at most 3 extension headers
+            raise Violation(TOO_MANY_MEMBERS, f"more than {self._headers} headers")
+        _checksum(block)
+        kind = block[156:157]
+        magic = block[257:265]
+        size = _number(block[124:136], "size")
+        for what, low, high in (("mode", 100, 108), ("uid", 108, 116), ("gid", 116, 124), ("mtime", 136, 148)):
+            _number(block[low:high], what)
+        if magic == _USTAR or (kind not in (b"L", b"K", b"S") and block[345]):
+            if magic != _USTAR:
+                raise Violation(AMBIGUOUS, f"header at byte {start}: a ustar prefix in a header that is not ustar")
+            _number(block[329:337], "devmajor")
+            _number(block[337:345], "devminor")
+        if size < 0:
+            raise Violation(AMBIGUOUS, f"header at byte {start}: negative size {size}")
+        if kind in (b"L", b"K", b"x", b"g"):
+            self._extension(kind, size, start)
+        elif kind and kind[0] in _MEMBER_TYPES:
+            self._member(block, kind, size, magic)
+        else:
+            raise Violation(AMBIGUOUS, f"header at byte {start}: type flag {clip(kind)}")
+
+    def _extension(self, kind: bytes, size: int, start: int) -> None:
+        if size > self.limits.max_header_bytes:
+            raise Violation(HEADER_TOO_LARGE, f"{kind.decode()} header of {size} bytes at byte {start}, "
+                                              f"limit {self.limits.max_header_bytes}")
+        self._extension_type = kind
+        if size == 0:
+            self._extension_data(b"")
+            return
+        self._want = -(-size // BLOCK) * BLOCK
+        self._extension_size = size
+        self._handle = self._extension_block
+
+    def _extension_block(self, data: bytes) -> None:
+        self._handle = self._header
+        self._extension_data(data[: self._extension_size])
+
+    def _extension_data(self, data: bytes) -> None:
+        kind, pending = self._extension_type, self._pending
+        if kind == b"g":
+            if pending:
+                raise Violation(AMBIGUOUS, "a PAX global header between an extended header and its member")
+            records = parse_records(data, "PAX global header")
+            for key in records:
+                if key in _GLOBAL_FORBIDDEN or key.startswith("GNU.sparse."):
+                    raise Violation(GLOBAL_HEADER, f"PAX global header sets {clip(key)}")
+            return
+        if kind == b"x":
+            if "x" in pending:
+                raise Violation(AMBIGUOUS, "two PAX extended headers for one member")
+            records = parse_records(data, "PAX extended header")
+            pending["x"] = b""
+            for key in ("path", "linkpath", "size", "GNU.sparse.name"):
+                if key in records:
+                    self._set(key, records[key])
+            if any(key.startswith("GNU.sparse.") for key in records):
+                pending["sparse"] = b""
+            return
+        what = "name" if kind == b"L" else "link"
+        self._set("path" if kind == b"L" else "linkpath", _cstring(data, f"GNU long {what}"))
+
+    def _set(self, key: str, value: bytes) -> None:
+        slot = "path" if key == "GNU.sparse.name" else key
+        if slot in self._pending:
+            raise Violation(AMBIGUOUS, f"two sources of one member's {slot}: {clip(value[:120])}")
+        if not value or b"\0" in value:
+            raise Violation(AMBIGUOUS, f"{key} {clip(value[:120])} is empty or holds a NUL")
+        self._pending[slot] = value
+
+    def _member(self, block: bytes, kind: bytes, size: int, magic: bytes) -> None:
+        pending, self._pending = self._pending, {}
+        name = _cstring(block[:100], "a name field") if "path" not in pending else pending["path"]
+        if "path" not in pending and magic == _USTAR and block[345]:
+            name = _cstring(block[345:500], "a prefix field") + b"/" + name
+        link = pending.get("linkpath") or _cstring(block[157:257], "a link name field")
+        if "size" in pending:
+            declared = pending["size"]
+            if not declared.isdigit() or kind == b"S":
+                raise Violation(AMBIGUOUS, f"PAX size {clip(declared)} of {clip(name)}")
+            if int(declared) != size and int(declared) < 8**11:
+                raise Violation(AMBIGUOUS, f"{clip(name)}: PAX size {int(declared)}, header size {size}")
+            size = int(declared)
+        if kind[0] not in _DATA_TYPES and size:
+            raise Violation(AMBIGUOUS, f"{clip(name)}: type {clip(kind)} with {size} bytes of data")
+        if kind in (b"0", b"\0", b"7") and name.endswith(b"/"):
+            raise Violation(AMBIGUOUS, f"{clip(name)}: a regular file whose name ends in '/'")
+        sparse = kind == b"S" or "sparse" in pending
+        if sparse and not self.limits.allow_sparse:
+            raise Violation(SPARSE, f"{clip(name)}: sparse")
+        if kind == b"S" and magic != _GNU:
+            raise Violation(AMBIGUOUS, f"{clip(name)}: an old GNU sparse header without the GNU magic")
+        self.members.append(Member(name, kind, size, link, sparse))
+        if len(self.members) > self.limits.max_members:
+            raise Violation(TOO_MANY_MEMBERS, f"more than {self.limits.max_members} members")
+        self._skip = -(-size // BLOCK) * BLOCK
+        if kind == b"S" and block[482]:
+            self._data_after_extension = self._skip
+            self._skip = 0
+            self._handle = self._sparse_extension
+
+    def _sparse_extension(self, block: bytes) -> None:
+        if not block[504]:
+            self._handle = self._header
+            self._skip = self._data_after_extension
+
+
+def scan(handle: Handle, limits: HeaderLimits, check: Callable[[], None] = lambda: None,
+         chunk_size: int = 64 << 10) -> list[Member]:
+    """Read every header of the archive in ``handle`` (seeking past member data) and return its members."""
+    parser = HeaderScan(limits)
+    while True:
+        check()
+        if parser.skip():
+            position = handle.tell()
+            end = handle.seek(0, 2)
+            target = position + parser.skip()
+            if target > end:
+                handle.seek(end)
+                parser.skipped(end - position)
+                break
+            handle.seek(target)
+            parser.skipped(parser.skip())
+        data = handle.read(chunk_size if parser.ended else BLOCK)
+        if not data:
+            break
+        parser.feed(data)
+    parser.finish()
+    return parser.members
