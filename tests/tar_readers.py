@@ -132,6 +132,8 @@ FIXTURES: dict[str, Fixture] = {
     "signed checksum": Fixture(signed_checksum),
     "hard link to the disk": Fixture(lambda p, d: (p.extra.append(o.hardlink("copy.vmdk", o.DISK)), p.write(d))[1]),
     "zeros after the end": Fixture(lambda p, d: appended(p, d, _ZERO * 40)),
+    "octal fields with leading spaces": Fixture(lambda p, d: with_raw(p, d, header(
+        "notes", b"x" * 600, patch={100: b"   644 \0", 124: b"       1130\0"}))),
     # -- ambiguous: rejected -----------------------------------------------------------------------
     "global header renames a later member to the disk": Fixture(lambda p, d: with_raw(
         p, d, pax_blocks({"path": o.DISK}, tarfile.XGLTYPE) + header("notes", b"evil")),
@@ -178,6 +180,20 @@ FIXTURES: dict[str, Fixture] = {
         disagree=True),
     "size field with a space inside": Fixture(lambda p, d: with_raw(
         p, d, header("notes", b"x" * 600, patch={124: b"0000 001130\0"})), "tar.ambiguous_header", disagree=True),
+    "digits after a NUL in the size field": Fixture(lambda p, d: with_raw(
+        p, d, header("notes", b"x" * 600, patch={124: b"0000000\0" + b"1130"})), "tar.ambiguous_header",
+        disagree=True),
+    "GNU long link and PAX linkpath": Fixture(lambda p, d: with_raw(
+        p, d, long_name_blocks(o.DISK, tarfile.GNUTYPE_LONGLINK) + pax_blocks({"linkpath": "notes"})
+        + header("lnk", kind=tarfile.SYMTYPE, link="x")), "tar.ambiguous_header", disagree=True),
+    "PAX path and GNU.sparse.name": Fixture(lambda p, d: with_raw(
+        p, d, pax_blocks({"GNU.sparse.name": o.DISK, "path": "notes"}) + header("n", b"x")),
+        "tar.ambiguous_header", disagree=True),
+    "data after a hard link header": Fixture(lambda p, d: with_raw(
+        p, d, header("copy", header("hidden", b"x")[:BLOCK], kind=tarfile.LNKTYPE, link=o.DISK)),
+        "tar.ambiguous_header"),
+    "data after a directory header": Fixture(lambda p, d: with_raw(
+        p, d, header("dir/", header("hidden", b"x")[:BLOCK], kind=tarfile.DIRTYPE)), "tar.ambiguous_header"),
     "volume label type": Fixture(lambda p, d: with_raw(p, d, header("label", b"", kind=b"V")),
                                  "tar.ambiguous_header", disagree=True),
     "negative base-256 size": Fixture(lambda p, d: with_raw(p, d, header(
@@ -191,11 +207,17 @@ FIXTURES: dict[str, Fixture] = {
 
 # -- what the other readers list ------------------------------------------------------------------
 
+def _entry(name: str, link: str | None) -> str:
+    """How a listing shows one member: its name, and ``-> target`` for a link."""
+    name = name.rstrip("/")
+    return f"{name} -> {link}" if link else name
+
+
 def tarfile_names(path: Path, *, ignore_zeros: bool = False) -> list[str] | str:
-    """CPython tarfile's member names, or the error it raises."""
+    """CPython tarfile's members (names, link targets), or the error it raises."""
     try:
         with tarfile.open(path, ignore_zeros=ignore_zeros) as archive:
-            return [name.rstrip("/") for name in archive.getnames()]
+            return [_entry(m.name, m.linkname if m.issym() or m.islnk() else None) for m in archive.getmembers()]
     except (tarfile.TarError, ValueError) as exc:
         return f"error: {exc}"
 
@@ -210,12 +232,12 @@ def gnu_tar_names(path: Path, *, ignore_zeros: bool = False) -> list[str] | str:
         return f"error {done.returncode}: {done.stderr.decode(errors='replace').strip()}"
     names = []
     for line in done.stdout.decode("utf-8", "surrogateescape").splitlines():
-        name = line.split(None, 5)[5]
+        name, link = line.split(None, 5)[5], None
         if line.startswith("l"):
-            name = name.rpartition(" -> ")[0]
-        elif " link to " in name:
-            name = name.rpartition(" link to ")[0]
-        names.append(name.rstrip("/"))
+            name, _, link = name.rpartition(" -> ")
+        elif line.startswith("h"):
+            name, _, link = name.rpartition(" link to ")
+        names.append(_entry(name, link))
     return names
 
 
@@ -223,7 +245,8 @@ def libarchive_names(path: Path) -> list[str] | str:
     """libarchive's member names (tar formats only, as the ova plugin reads), or its error."""
     try:
         with libarchive.file_reader(str(path), "tar") as archive:
-            return [str(entry.pathname).rstrip("/") for entry in archive]
+            return [_entry(str(entry.pathname), entry.linkpath if entry.issym or entry.islnk else None)
+                    for entry in archive]
     except libarchive.ArchiveError as exc:
         return f"error: {exc}"
 

@@ -37,7 +37,8 @@ def vmdk(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def importhooks_names(path: Path) -> list[str]:
     with path.open("rb") as handle:
         members = tar_headers.scan(handle, tar_headers.HeaderLimits())
-    return [member.name.decode().rstrip("/") for member in members]
+    return [member.name.decode().rstrip("/") + (f" -> {member.link.decode()}" if member.type in (b"1", b"2") else "")
+            for member in members]
 
 
 @pytest.mark.parametrize("case", list(r.FIXTURES))
