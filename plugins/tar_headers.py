@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
+from zlib import adler32
 
 from importhooks import FindingCode, Severity
 
@@ -57,6 +58,11 @@ CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, HEADER_TOO_LARGE)
 
 BLOCK = 512
 _OCTAL = re.compile(rb" *[0-7]+[ \0]*")
+#: The mode, uid, gid, size and mtime fields in the form every writer uses: a fast path.
+_CANONICAL = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0")
+#: A ustar regular file's numeric fields, checksum and type flag as every writer makes them: the fast path.
+_FAST = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 0")
+_CANONICAL_DEVICE = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
 _RECORD = re.compile(rb"([1-9][0-9]{0,8}) ")
 #: Regular files, links, special files (the rules judge those), old GNU sparse files.
 _MEMBER_TYPES = frozenset(b"0\x0071234567S")
@@ -78,8 +84,7 @@ class Handle(Protocol):
     def tell(self) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Member:
+class Member(NamedTuple):
     """One member as every reader sees it: name and link as bytes, type flag, bytes of data in the archive."""
 
     name: bytes
@@ -101,16 +106,22 @@ def _number(field: bytes, what: str, *, signed: bool = True) -> int:
     return int(field.strip(b" \0"), 8)
 
 
+def _byte_sum(data: bytes) -> int:
+    """The sum of the bytes of a 512-byte block, from two Adler-32 sums (exact: no half can exceed the modulus)."""
+    return (adler32(data[:256]) & 0xFFFF) + (adler32(data[256:]) & 0xFFFF) - 2
+
+
 def _checksum(block: bytes) -> None:
+    """The checksum field must be the unsigned or the signed sum (both are accepted by every reader)."""
     field = block[148:156]
     if _OCTAL.fullmatch(field) is None:
         raise Violation(CORRUPT, f"header checksum field {clip(field)}")
     stored = int(field.strip(b" \0"), 8)
-    blanked = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(blanked)
-    signed = unsigned - 256 * sum(1 for byte in blanked if byte > 127)
-    if stored not in (unsigned, signed):
-        raise Violation(CORRUPT, f"header checksum {stored}, computed {unsigned}")
+    unsigned = _byte_sum(block) - sum(field) + 8 * 32
+    if stored != unsigned:
+        blanked = block[:148] + b" " * 8 + block[156:]
+        if stored != unsigned - 256 * sum(byte > 127 for byte in blanked):
+            raise Violation(CORRUPT, f"header checksum {stored}, computed {unsigned}")
 
 
 def _cstring(data: bytes, what: str) -> bytes:
@@ -165,7 +176,8 @@ class HeaderScan:
     def __init__(self, limits: HeaderLimits) -> None:
         self.limits = limits
         self.members: list[Member] = []
-        self.offset = 0
+        self.offset = 0  # bytes consumed before the current feed
+        self._position = 0  # where the block being handled ends
         self._buffer = bytearray()
         self._want = BLOCK  # bytes to collect before _handle runs
         self._handle: Callable[[bytes], None] = self._header
@@ -193,24 +205,34 @@ class HeaderScan:
 
     def feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            if self._ended:
-                self._tail(view)
-                return
+        position, length = 0, len(view)
+        while position < length:
             if self._skip:
-                step = min(self._skip, len(view))
-                self.skipped(step)
-                view = view[step:]
+                step = self._skip if self._skip < length - position else length - position
+                self._skip -= step
+                position += step
                 continue
-            step = min(self._want - len(self._buffer), len(view))
-            self._buffer += view[:step]
-            view = view[step:]
-            self.offset += step
-            if len(self._buffer) == self._want:
+            if self._ended:
+                self.offset += position
+                self._tail(view[position:])
+                return
+            want = self._want
+            if not self._buffer and length - position >= want:  # a whole header in this chunk: no copying
+                collected = view[position: position + want].tobytes()
+            else:
+                step = min(want - len(self._buffer), length - position)
+                self._buffer += view[position: position + step]
+                if len(self._buffer) < want:
+                    self.offset += length
+                    return
                 collected = bytes(self._buffer)
                 self._buffer.clear()
-                self._want = BLOCK
-                self._handle(collected)
+                position -= want - step
+            position += want
+            self._want = BLOCK
+            self._position = self.offset + position
+            self._handle(collected)
+        self.offset += length
 
     def finish(self) -> None:
         """At the end of the data: nothing may be cut short, and no extended header left without its member."""
@@ -233,8 +255,26 @@ class HeaderScan:
     # -- one header block --------------------------------------------------------------------
 
     def _header(self, block: bytes) -> None:
-        start = self.offset - BLOCK
-        if not block.strip(b"\0"):
+        """A header: the common case (a plain ustar regular file, as any tool writes it) first, inline."""
+        if (_FAST.match(block, 100) is not None and block[257:265] == _USTAR and not block[345]
+                and _CANONICAL_DEVICE.match(block, 329) is not None and not self._pending):
+            nul = block.find(0, 0, 100)
+            stored = int(block[148:154], 8)
+            if (stored == _byte_sum(block) - sum(block[148:156]) + 256 and nul > 0 and block[nul - 1] != 0x2F
+                    and block.count(0, nul, 100) == 100 - nul):
+                self._headers += 1
+                members = self.members
+                if self._headers > 3 * self.limits.max_members + 3 or len(members) >= self.limits.max_members:
+                    raise Violation(TOO_MANY_MEMBERS, f"more than {self.limits.max_members} members")
+                size = int(block[124:135], 8)
+                members.append(Member(block[:nul], b"0", size, b"", False))
+                self._skip = (size + 511) & ~511
+                return
+        self._any_header(block)
+
+    def _any_header(self, block: bytes) -> None:
+        start = self._position - BLOCK
+        if not block[0] and block.count(0) == BLOCK:
             if self._pending:
                 raise Violation(AMBIGUOUS, f"an extended header without a member, at byte {start}")
             self._ended = True
@@ -246,12 +286,15 @@ class HeaderScan:
         _checksum(block)
         kind = block[156:157]
         magic = block[257:265]
-        size = _number(block[124:136], "size")
-        for what, low, high in (("mode", 100, 108), ("uid", 108, 116), ("gid", 116, 124), ("mtime", 136, 148)):
-            _number(block[low:high], what)
-        if magic == _USTAR or (kind not in (b"L", b"K", b"S") and block[345]):
-            if magic != _USTAR:
-                raise Violation(AMBIGUOUS, f"header at byte {start}: a ustar prefix in a header that is not ustar")
+        if _CANONICAL.match(block, 100) is not None:  # mode to mtime as tarfile and GNU tar write them
+            size = int(block[124:135], 8)
+        else:
+            size = _number(block[124:136], "size")
+            for what, low, high in (("mode", 100, 108), ("uid", 108, 116), ("gid", 116, 124), ("mtime", 136, 148)):
+                _number(block[low:high], what)
+        if magic != _USTAR and block[345] and kind not in (b"L", b"K", b"S"):
+            raise Violation(AMBIGUOUS, f"header at byte {start}: a ustar prefix in a header that is not ustar")
+        if _CANONICAL_DEVICE.match(block, 329) is None:  # tarfile stops listing at a device field it cannot read
             _number(block[329:337], "devmajor")
             _number(block[337:345], "devminor")
         if size < 0:
@@ -350,21 +393,21 @@ class HeaderScan:
 
 def scan(handle: Handle, limits: HeaderLimits, check: Callable[[], None] = lambda: None,
          chunk_size: int = 64 << 10) -> list[Member]:
-    """Read every header of the archive in ``handle`` (seeking past member data) and return its members."""
+    """Read every header of the archive in ``handle`` and return its members.
+
+    Data shorter than a chunk is read and passed over; longer data is seeked past.
+    """
     parser = HeaderScan(limits)
+    end = handle.seek(0, 2)
+    handle.seek(0)
     while True:
         check()
-        if parser.skip():
+        if parser.skip() > chunk_size:
             position = handle.tell()
-            end = handle.seek(0, 2)
-            target = position + parser.skip()
-            if target > end:
-                handle.seek(end)
-                parser.skipped(end - position)
-                break
-            handle.seek(target)
-            parser.skipped(parser.skip())
-        data = handle.read(chunk_size if parser.ended else BLOCK)
+            count = min(parser.skip(), end - position)
+            handle.seek(position + count)
+            parser.skipped(count)
+        data = handle.read(chunk_size)
         if not data:
             break
         parser.feed(data)

@@ -18,7 +18,9 @@ stricter:
 * device nodes, FIFOs and sockets (``tar.special_file``);
 * a name used twice (compared normalised: ``./a`` is ``a``), a member replacing a
   directory an earlier member implied, a file used as a directory
-  (``tar.duplicate``); only a directory may repeat a directory;
+  (``tar.duplicate``); only a directory may repeat a directory. Names are also
+  compared as Windows and macOS compare them (case, Unicode normal form, trailing
+  dots and spaces ignored): ``VM.VMDK`` after ``vm.vmdk`` replaces it there;
 * more members than ``max_members``, more bytes in total than ``max_total_size``,
   GNU sparse members (``tar.too_many_members``, ``tar.too_large``, ``tar.sparse``);
 * empty, over-long or undecodable names (``tar.bad_name``);
@@ -30,6 +32,7 @@ stricter:
 from __future__ import annotations
 
 import enum
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +65,8 @@ DUPLICATE = _code(
     "duplicate", "The archive holds two members with the same name.",
     "A later member with the name of an earlier one (compared after normalisation: './a' is 'a') replaces it "
     "on extraction, so tools disagree on what the archive holds; so does a member that replaces a directory "
-    "an earlier member implied, or a file used as a directory. Only directories may repeat.")
+    "an earlier member implied, or a file used as a directory. Names that differ only in case, Unicode normal "
+    "form or trailing dots and spaces are one name on Windows and macOS. Only directories may repeat.")
 TOO_MANY_MEMBERS = _code(
     "too_many_members", "The archive holds too many files.",
     "The archive has more members than the ova plugin's max_members option allows; an OVA holds a few.")
@@ -129,6 +133,14 @@ class Limits:
     allow_sparse: bool = False
 
 
+def fold(name: str) -> str:
+    """A name as a case-insensitive, normalising filesystem (Windows, macOS) sees it, for comparison only."""
+    folded = name.casefold() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+    if ". " in folded or "./" in folded or " /" in folded or folded[-1:] in (".", " "):
+        folded = "/".join(part.rstrip(". ") for part in folded.split("/"))
+    return folded
+
+
 def clip(text: object, limit: int = 120) -> str:
     """``repr`` of untrusted text, cut to about ``limit`` characters, for finding details."""
     shown = repr(text)
@@ -151,6 +163,8 @@ class TarRules:
         self._kinds: dict[str, Kind] = {}
         self._implied: set[str] = set()
         self._symlinks: dict[str, str] = {}  # normalised name -> raw target
+        self._folded: dict[str, tuple[str, Kind]] = {}  # fold(name) -> first name and kind
+        self._folded_implied: dict[str, str] = {}  # fold(implied directory) -> its name
         self.warnings: dict[FindingCode, tuple[int, str]] = {}
 
     def _warn(self, code: FindingCode, detail: str) -> None:
@@ -208,6 +222,7 @@ class TarRules:
             self._check_parents(parts, raw_name)
         if name in self._kinds or (kind is not Kind.DIR and name in self._implied):
             self._check_name(name, kind, raw_name)
+        self._check_folded(name, kind, raw_name)
         if kind is Kind.SYMLINK:
             self._add_symlink(name, parts, link)
         elif kind is Kind.HARDLINK:
@@ -228,6 +243,12 @@ class TarRules:
                 raise Violation(THROUGH_SYMLINK, f"{clip(raw_name)}: parent {clip(prefix)} is a symbolic link")
             if kind is not None and kind is not Kind.DIR:
                 raise Violation(DUPLICATE, f"{clip(raw_name)}: parent {clip(prefix)} is a {kind.value}")
+            folded = fold(prefix)
+            earlier = self._folded.get(folded)
+            if earlier is not None and earlier[1] is not Kind.DIR:
+                raise Violation(DUPLICATE, f"{clip(raw_name)}: parent {clip(prefix)} is the {earlier[1].value} "
+                                           f"{clip(earlier[0])} where names ignore case")
+            self._folded_implied.setdefault(folded, prefix)
             self._implied.add(prefix)
 
     def _check_name(self, name: str, kind: Kind, raw_name: str) -> None:
@@ -236,6 +257,18 @@ class TarRules:
             raise Violation(DUPLICATE, f"{clip(raw_name)}: a {kind.value} after a {earlier.value} of that name")
         if kind is not Kind.DIR and name in self._implied:
             raise Violation(DUPLICATE, f"{clip(raw_name)}: a {kind.value} replaces a directory of earlier members")
+
+    def _check_folded(self, name: str, kind: Kind, raw_name: str) -> None:
+        """Two names one to Windows or macOS: only directories may share one."""
+        folded = fold(name)
+        earlier_name, earlier_kind = self._folded.setdefault(folded, (name, kind))
+        if earlier_name != name and not (earlier_kind is Kind.DIR and kind is Kind.DIR):
+            raise Violation(DUPLICATE, f"{clip(raw_name)}: the same name as the {earlier_kind.value} "
+                                       f"{clip(earlier_name)} where names ignore case")
+        implied = self._folded_implied.get(folded)
+        if kind is not Kind.DIR and implied is not None and implied != name:
+            raise Violation(DUPLICATE, f"{clip(raw_name)}: the same name as the directory {clip(implied)} "
+                                       "where names ignore case")
 
     def _check_link_text(self, link: object, what: str) -> str:
         """A link target that is text, not empty, not too long (backslashes warned about)."""

@@ -194,6 +194,9 @@ FIXTURES: dict[str, Fixture] = {
         "tar.ambiguous_header"),
     "data after a directory header": Fixture(lambda p, d: with_raw(
         p, d, header("dir/", header("hidden", b"x")[:BLOCK], kind=tarfile.DIRTYPE)), "tar.ambiguous_header"),
+    "device number field that is not a number": Fixture(lambda p, d: with_raw(
+        p, d, header("notes", b"x", patch={329: b"junk\0\0\0\0"}) + header("hidden", b"y")),
+        "tar.ambiguous_header", disagree=True),
     "volume label type": Fixture(lambda p, d: with_raw(p, d, header("label", b"", kind=b"V")),
                                  "tar.ambiguous_header", disagree=True),
     "negative base-256 size": Fixture(lambda p, d: with_raw(p, d, header(

@@ -91,6 +91,7 @@ def test_benign_qcow2_ova_with_links_and_directories(ova_settings, workdir, tmp_
         o.symlink("latest", "extras/docs"),
         o.symlink("readme", "latest/README"),
         o.directory("./extras"),  # a directory may repeat
+        o.directory("EXTRAS"),  # even in another case
         o.regular("vm.mf", o.manifest({"vm.ovf": descriptor, "disk.qcow2": qcow2}, "SHA1")),
     ])
     result = audit(ova_settings, path, workdir, disk_format="qcow2")

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from importhooks_plugins import tar_headers
+from importhooks_plugins.tar_rules import Violation
 
 from importhooks import Settings, Severity, Verdict
-from plugins import tar_headers
-from plugins.tar_rules import Violation
 
 from . import ova_images as o
 from . import tar_readers as r
