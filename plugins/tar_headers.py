@@ -51,10 +51,15 @@ TRAILING_DATA = _code(
     "Bytes other than zeros follow the end-of-archive marker (the first zero block), or more zeros than the "
     "ova plugin's max_trailing_bytes. 'tar -i' and tarfile(ignore_zeros=True) read members there, and a zip "
     "or another container appended to the archive is found by other tools.")
+PADDING = _code(
+    "padding_data", "The archive holds data in the gaps between its files.",
+    "The padding after a member's data or an extended header, up to the next 512-byte block, holds bytes "
+    "other than zeros. No tar reader reads them, but other readers can: a zip directory hidden there makes "
+    "the archive a zip file too.")
 HEADER_TOO_LARGE = _code(
     "header_too_large", "The archive holds an extended header that is too large.",
     "A PAX extended header or a GNU long name holds more bytes than the ova plugin's max_header_bytes.")
-CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, HEADER_TOO_LARGE)
+CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, PADDING, HEADER_TOO_LARGE)
 
 BLOCK = 512
 _OCTAL = re.compile(rb" *[0-7]+[ \0]*")
@@ -268,7 +273,9 @@ class HeaderScan:
                     raise Violation(TOO_MANY_MEMBERS, f"more than {self.limits.max_members} members")
                 size = int(block[124:135], 8)
                 members.append(Member(block[:nul], b"0", size, b"", False))
-                self._skip = (size + 511) & ~511
+                self._skip = size
+                if size & 511:
+                    self._want, self._handle = BLOCK - (size & 511), self._padding
                 return
         self._any_header(block)
 
@@ -320,6 +327,8 @@ class HeaderScan:
 
     def _extension_block(self, data: bytes) -> None:
         self._handle = self._header
+        if data.count(0, self._extension_size) != len(data) - self._extension_size:
+            raise Violation(PADDING, f"bytes other than zeros after an extended header, before byte {self._position}")
         self._extension_data(data[: self._extension_size])
 
     def _extension_data(self, data: bytes) -> None:
@@ -379,16 +388,27 @@ class HeaderScan:
         self.members.append(Member(name, kind, size, link, sparse))
         if len(self.members) > self.limits.max_members:
             raise Violation(TOO_MANY_MEMBERS, f"more than {self.limits.max_members} members")
-        self._skip = -(-size // BLOCK) * BLOCK
         if kind == b"S" and block[482]:
-            self._data_after_extension = self._skip
-            self._skip = 0
+            self._data_after_extension = size
             self._handle = self._sparse_extension
+        else:
+            self._expect_data(size)
 
     def _sparse_extension(self, block: bytes) -> None:
         if not block[504]:
             self._handle = self._header
-            self._skip = self._data_after_extension
+            self._expect_data(self._data_after_extension)
+
+    def _expect_data(self, size: int) -> None:
+        """Member data follows: skip ``size`` bytes, then check the padding to the next block."""
+        self._skip = size
+        if size % BLOCK:
+            self._want, self._handle = BLOCK - size % BLOCK, self._padding
+
+    def _padding(self, data: bytes) -> None:
+        self._handle = self._header
+        if data.count(0) != len(data):
+            raise Violation(PADDING, f"bytes other than zeros in the padding before byte {self._position}")
 
 
 def scan(handle: Handle, limits: HeaderLimits, check: Callable[[], None] = lambda: None,

@@ -113,6 +113,7 @@ class Fixture:
 
 _EVIL = o.regular(o.DISK, b"not the disk that was checked")
 _ZERO = b"\0" * BLOCK
+EMPTY_ZIP = b"PK\x05\x06" + bytes(18)  # an end of central directory record: a zip with no file
 
 FIXTURES: dict[str, Fixture] = {
     # -- benign: every reader lists the same members ---------------------------------------------
@@ -149,6 +150,8 @@ FIXTURES: dict[str, Fixture] = {
     "member after a lone zero block": Fixture(lambda p, d: with_raw(p, d, _ZERO + header(o.DISK, b"evil")),
                                               "tar.trailing_data", disagree=True),
     "zip appended": Fixture(lambda p, d: appended(p, d, zip_bytes()), "tar.trailing_data"),
+    "empty zip in a member's padding": Fixture(lambda p, d: with_raw(
+        p, d, header("notes", b"x" * 100)[:BLOCK + 100] + EMPTY_ZIP.ljust(BLOCK - 100, b"\0")), "tar.padding_data"),
     "too many zeros after the end": Fixture(lambda p, d: appended(p, d, _ZERO * 2100), "tar.trailing_data"),
     "duplicate disk": Fixture(lambda p, d: (p.extra.append(_EVIL), p.write(d))[1], "tar.duplicate"),
     "second descriptor": Fixture(lambda p, d: (p.extra.append(o.regular("other.ovf", p.descriptor.data or b"")),

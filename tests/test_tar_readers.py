@@ -64,13 +64,15 @@ def test_importhooks_sees_what_every_reader_sees_or_rejects(ova_settings, workdi
                 isinstance(names, str) for names in others.values()), others
 
 
-def test_an_appended_zip_is_what_zip_readers_see(ova_settings, workdir, tmp_path, vmdk):
-    """The tar readers stop at the end marker; a zip reader finds the appended archive's disk instead."""
-    path = r.FIXTURES["zip appended"].build(o.package(vmdk), tmp_path / "x.ova")
-    with zipfile.ZipFile(path) as appended:
-        assert appended.namelist() == [o.DISK]
+@pytest.mark.parametrize(("case", "names"), [("zip appended", [o.DISK]), ("empty zip in a member's padding", [])])
+def test_a_zip_hidden_where_no_tar_reader_looks_is_what_zip_readers_see(ova_settings, workdir, tmp_path, vmdk, case,
+                                                                        names):
+    """The tar readers stop at the end marker and skip padding; a zip reader finds the zip hidden there."""
+    path = r.FIXTURES[case].build(o.package(vmdk), tmp_path / "x.ova")
+    with zipfile.ZipFile(path) as hidden:
+        assert hidden.namelist() == names
     result = audit(ova_settings, path, container_format="ova", disk_format="vmdk")
-    assert codes(result) == ["tar.trailing_data"]
+    assert codes(result) == [r.FIXTURES[case].code]
     assert str(tmp_path) not in result.findings[0].message and result.findings[0].detail
 
 
