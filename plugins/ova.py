@@ -7,7 +7,10 @@ member's header goes through the rules of :mod:`.tar_rules`; the first member mu
 be the OVF descriptor, parsed by :mod:`.ovf`; the one disk it references is streamed
 into a file the pipeline chose (``context.temp_path``), its SHA1/SHA256/SHA512
 digests computed on the way; a ``.mf`` manifest is checked against them. No other
-member is written anywhere, and no path is ever built from a member name. The
+member is written anywhere, and no path is ever built from a member name. Before
+libarchive, :mod:`.tar_headers` reads every header strictly, alone, and rejects
+what GNU tar, CPython tarfile and libarchive could list differently; libarchive's
+members must then be the ones it found, one by one. The
 archive's facts are recorded on its layer (``members``, ``disk_member``,
 ``compressed_size``, ``uncompressed_size``, ``ratio``, ``ovf_disk_format``,
 ``ovf_os_type``, ``manifest``) and the disk becomes the next layer (kind
@@ -115,8 +118,8 @@ OPTIONS = PluginOptions(SECTION, (
                  parse=_limit(1, 1000)),
     PluginOption("max_name_length", 1024, "Longest member name or link target, in characters (tar.bad_name).",
                  parse=_limit(1, 1 << 16)),
-    PluginOption("allow_sparse", False, "Accept GNU sparse members (else tar.sparse); their declared size "
-                 "still counts against max_total_size."),
+    PluginOption("allow_sparse", False, "Accept GNU sparse members other than the disk (else tar.sparse); "
+                 "their declared size still counts against max_total_size."),
     PluginOption("max_manifest_bytes", 64 << 10, "Largest .mf manifest read (ova.manifest_invalid).", size=True),
     PluginOption("max_header_bytes", 64 << 10, "Largest PAX extended header or GNU long name "
                  "(tar.header_too_large).", size=True),
@@ -186,7 +189,7 @@ class _Scan:
                 if self.descriptor is None:
                     self._descriptor(archive, kind, size, name)
                 elif kind is Kind.FILE and name == self.disk_href:
-                    self._disk(archive, size)
+                    self._disk(archive, size, sparse)
                 elif name[-4:].lower() == ".ovf":
                     raise Violation(MULTIPLE_DESCRIPTORS, f"{clip(name)} after {clip(self.descriptor_name)}")
                 elif kind is Kind.DIR or name in self.hrefs:
@@ -233,9 +236,11 @@ class _Scan:
         self.hrefs = frozenset(ref.href for ref in descriptor.files)
         self.digests[name] = {algo: hashlib.new(algo, data).hexdigest() for algo in DIGESTS.values()}
 
-    def _disk(self, archive: TarReader, size: int) -> None:
+    def _disk(self, archive: TarReader, size: int, sparse: bool) -> None:
         if self.written is not None:  # a second member of that name: the rules reject it first
             raise Violation(tar_rules.DUPLICATE, f"disk member {clip(self.disk_href)} twice")
+        if sparse:  # allow_sparse or not: tar readers expand a crafted sparse map differently
+            raise Violation(tar_rules.SPARSE, f"disk member {clip(self.disk_href)} is sparse")
         # A manifest read already names the digests to check; one still to come may use any.
         algos = DIGESTS.values() if self.manifest is None else self.manifest.get(self.disk_href, {}).keys()
         hashers = [hashlib.new(algo) for algo in algos]

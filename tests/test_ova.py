@@ -149,6 +149,8 @@ def test_undecodable_name_is_a_bad_name(ova_settings, workdir, tmp_path, vmdk):
      "tar.link_escape"),
     ("allow_sparse", True, [o.sparse_pax("huge", 1 << 50)], "tar.too_large"),
     ("max_name_length", 20, [o.symlink("l", "x/" * 20)], "tar.bad_name"),
+    ("max_header_bytes", "1KiB", [o.regular("notes", b"x", pax={"comment": "c" * 1100})], "tar.header_too_large"),
+    ("max_trailing_bytes", "8KiB", [o.Member(None, raw=bytes(16 << 10))], "tar.trailing_data"),
 ])
 def test_limits_are_options(ova_settings, workdir, tmp_path, vmdk, option, value, extra, code):
     pack = o.package(vmdk)
@@ -176,6 +178,15 @@ def test_small_sparse_member_is_accepted_when_allowed(ova_settings, workdir, tmp
     assert errors(audit(ova_settings, path, workdir)) == ["tar.sparse"]
     result = audit(ova_settings.replace(plugin={"ova": {"allow_sparse": True}}), path, workdir)
     assert result.verdict is Verdict.ACCEPT and codes(result) == ["ova.unreferenced_member"]
+
+
+@pytest.mark.parametrize("minor", ["0", "1"])
+def test_a_sparse_disk_is_refused_even_when_sparse_members_are_allowed(ova_settings, workdir, tmp_path, minor):
+    """Readers expand a crafted sparse map differently: the disk is never taken from one."""
+    descriptor = o.ovf_descriptor([(DISK, "raw")])
+    path = o.ova(tmp_path / "x.ova", [o.regular("vm.ovf", descriptor), o.sparse_pax(DISK, 1 << 20, minor=minor)])
+    result = audit(ova_settings.replace(plugin={"ova": {"allow_sparse": True}}), path, workdir, disk_format="raw")
+    assert errors(result) == ["tar.sparse"] and "disk member" in (result.findings[-1].detail or "")
 
 
 def test_modes_and_backslashes_are_warnings(ova_settings, workdir, tmp_path, vmdk):
