@@ -36,6 +36,8 @@ from defusedxml.common import DTDForbidden, EntitiesForbidden, ExternalReference
 from importhooks import FindingCode, PluginOption, PluginOptions, hookimpl
 from importhooks.units import parse_size
 
+from ._ovf_formats import disk_format_of, unit_bytes
+
 SECTION = "ovf"
 #: Largest descriptor parsed by default (real ones are a few KiB to a few 100 KiB).
 MAX_DESCRIPTOR_BYTES = 1 << 20
@@ -56,26 +58,7 @@ MAX_UINT64 = (1 << 64) - 1
 #: fragments and percent-escapes (a reader that decodes them sees another name).
 HREF_FORBIDDEN = frozenset("/\\:%?#")
 
-#: ``ovf:format`` URIs (lower case, scheme and fragment removed) -> Glance disk_format.
-DISK_FORMAT_URIS = {
-    "www.vmware.com/interfaces/specifications/vmdk.html": "vmdk",
-    "www.vmware.com/specifications/vmdk.html": "vmdk",
-    "www.vmware.com/technical-resources/interfaces/vmdk_access.html": "vmdk",
-    "www.gnome.org/~markmc/qcow-image-format.html": "qcow2",
-    "people.gnome.org/~markmc/qcow-image-format.html": "qcow2",
-    "go.microsoft.com/fwlink/?linkid=137171": "vhd",
-    "technet.microsoft.com/en-us/library/bb676673.aspx": "vhd",
-    "technet.microsoft.com/en-us/virtualserver/bb676673.aspx": "vhd",
-    "www.microsoft.com/en-us/download/details.aspx?id=23850": "vhd",
-    "www.microsoft.com/en-us/download/details.aspx?id=34750": "vhdx",
-    "forums.virtualbox.org/viewtopic.php?t=8046": "vdi",
-    "www.ecma-international.org/publications/standards/ecma-119.htm": "iso",
-}
-#: Bare Glance disk_format names some tools write as ``ovf:format``.
-BARE_DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"})
-
 _UINT = re.compile(r"[0-9]{1,20}", re.ASCII)
-_UNITS = re.compile(r"byte(?:\s*\*\s*(2|10)\s*\^\s*([0-9]{1,2}))?", re.ASCII | re.IGNORECASE)
 #: VMware's OVF extension namespace: VMware exports put the guest OS id in its ``osType``.
 VMWARE_NS = "http://www.vmware.com/schema/ovf"
 _TOKEN = re.compile(r"[A-Za-z0-9_.+-]{1,64}", re.ASCII)
@@ -334,28 +317,6 @@ def _capacity(element: Element, ns: str, disk_id: str) -> int | None:
     if value * unit > MAX_UINT64:
         raise OvfError(CAPACITY, f"Disk {_show(disk_id)} capacity {value} x {unit} bytes is over 2^64 - 1")
     return value * unit
-
-
-def unit_bytes(units: str) -> int | None:
-    """Bytes per unit of an ``ovf:capacityAllocationUnits`` value (``byte * 2^30``), None if unknown."""
-    match = _UNITS.fullmatch(units.strip(" \t\r\n"))
-    if match is None:
-        return None
-    if match[1] is None:
-        return 1
-    base, exponent = int(match[1]), int(match[2])
-    if exponent > (63 if base == 2 else 19):
-        return None
-    return int(base**exponent)
-
-
-def disk_format_of(uri: str) -> str | None:
-    """The Glance disk_format an ``ovf:format`` URI means, or None if it is not a known one."""
-    text = uri.strip(" \t\r\n").lower()
-    for scheme in ("http://", "https://"):
-        if text.startswith(scheme):
-            return DISK_FORMAT_URIS.get(text[len(scheme):].partition("#")[0])
-    return text if text in BARE_DISK_FORMATS else None
 
 
 def _os_type(root: Element, ns: str) -> str | None:
