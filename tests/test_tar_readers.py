@@ -9,11 +9,16 @@ disagree.
 
 from __future__ import annotations
 
+import io
+import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from importhooks_plugins import tar_headers
 from importhooks_plugins.tar_rules import Violation
 
@@ -104,3 +109,59 @@ def test_header_scan_takes_any_chunk_size(tmp_path, chunk):
         assert outcome(fed) == expected, path
         seen.add(str(expected) if isinstance(expected, str) else "members")
     assert {"members", "tar.global_header", "tar.trailing_data", "tar.ambiguous_header"} <= seen
+
+
+def test_old_gnu_sparse_extension_blocks_are_passed_over(tmp_path):
+    """An old GNU sparse header continued by an extension block: the scan finds the member after it, as tarfile."""
+    sparse = bytearray(o.sparse_old_gnu("huge", 1 << 20).raw)
+    sparse[482] = 1  # one extension block follows the header, before the data
+    o.fix_checksum(sparse, 0)
+    extension = bytearray(BLOCK_BYTES)
+    extension[0:24] = b"%011o\0%011o\0" % (0, 0)
+    raw = bytes(sparse[:BLOCK_BYTES]) + bytes(extension) + bytes(sparse[BLOCK_BYTES:])
+    path = o.ova(tmp_path / "x.tar", [o.Member(None, raw=raw), o.regular("after", b"x")], fmt=tarfile.GNU_FORMAT)
+    with path.open("rb") as handle:
+        members = tar_headers.scan(handle, tar_headers.HeaderLimits(allow_sparse=True))
+    assert [(m.name, m.sparse) for m in members] == [(b"huge", True), (b"after", False)]
+    assert r.tarfile_names(path) == ["huge", "after"]
+
+
+@hsettings(derandomize=True, max_examples=80, deadline=None)
+@given(data=st.data())
+def test_damaged_headers_end_in_a_violation_at_any_chunk_size(data):
+    """Bytes of a benign archive changed (checksums often mended): the scan ends in members or a Violation."""
+    original = CORPUS
+    mutated = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 8), label="edits")):
+        header = data.draw(st.sampled_from(range(0, len(original) - BLOCK_BYTES, BLOCK_BYTES)), label="block")
+        mutated[header + data.draw(st.integers(0, BLOCK_BYTES - 1), label="offset")] = data.draw(
+            st.integers(0, 255), label="byte")
+        if data.draw(st.booleans(), label="mend"):
+            o.fix_checksum(mutated, header)
+    chunk = data.draw(st.sampled_from([1, 17, 512, 64 << 10]), label="chunk")
+    limits = tar_headers.HeaderLimits(allow_sparse=data.draw(st.booleans(), label="sparse"))
+    whole = bytes(mutated)
+
+    def fed() -> list[tar_headers.Member]:
+        parser = tar_headers.HeaderScan(limits)
+        for start in range(0, len(whole), chunk):
+            parser.feed(whole[start: start + chunk])
+        parser.finish()
+        return parser.members
+
+    assert outcome(fed) == outcome(lambda: tar_headers.scan(io.BytesIO(whole), limits))
+
+
+def _corpus() -> bytes:
+    """A small archive with one member of each kind the scan handles: ustar, PAX, GNU long name, link, directory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for member in [o.regular("vm.ovf", b"<x/>"), o.directory("d/"), o.regular("d/" + "n" * 120, b"y" * 700),
+                       o.symlink("l", "d"), o.hardlink("h", "vm.ovf")]:
+            assert member.info is not None
+            archive.addfile(member.info, io.BytesIO(member.data or b""))
+    return buffer.getvalue()
+
+
+CORPUS = _corpus()
+BLOCK_BYTES = 512
