@@ -63,14 +63,14 @@ CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, PADDING, HEADER_TOO_LARGE)
 
 BLOCK = 512
 _OCTAL = re.compile(rb" *[0-7]+[ \0]*")
-#: The mode, uid, gid, size and mtime fields in the form every writer uses: a fast path.
+#: The mode, uid, gid, size and mtime fields in the form tarfile and GNU tar write them.
 _CANONICAL = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0")
 #: A ustar regular file's numeric fields, checksum and type flag as every writer makes them: the fast path.
 _FAST = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 0")
 _CANONICAL_DEVICE = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
 _RECORD = re.compile(rb"([1-9][0-9]{0,8}) ")
 #: Regular files, links, special files (the rules judge those), old GNU sparse files.
-_MEMBER_TYPES = frozenset(b"0\x0071234567S")
+_MEMBER_TYPES = frozenset(b"01234567\0S")
 _DATA_TYPES = frozenset(b"0\x007S")
 _USTAR, _GNU = b"ustar\x0000", b"ustar  \x00"
 #: Records a PAX global header may not set: they change what a member is, or its name.
@@ -99,9 +99,13 @@ class Member(NamedTuple):
     sparse: bool
 
 
-def _number(field: bytes, what: str, *, signed: bool = True) -> int:
-    """A numeric header field: octal (digits, then only NULs or spaces), base-256, or all NULs (0)."""
-    if field[0] == 0x80 or (field[0] == 0xFF and signed):
+def _number(field: bytes, what: str) -> int:
+    """A numeric header field: octal (digits, then only NULs or spaces), base-256, or all NULs (0).
+
+    Base-256 starts with byte 0x80 (0xFF: negative); other first bytes with the high bit set
+    are base-256 to libarchive but an error to tarfile, and fail the octal test here.
+    """
+    if field[0] == 0x80 or field[0] == 0xFF:
         value = int.from_bytes(field[1:], "big")
         return value - (256 ** (len(field) - 1)) if field[0] == 0xFF else value
     if not field.strip(b"\0"):

@@ -62,6 +62,7 @@ def gnu_tar(pack: o.Package, path: Path, *options: str) -> Path:
     names = []
     for member in pack.members():
         assert member.info is not None and member.data is not None
+        (folder / member.info.name).parent.mkdir(parents=True, exist_ok=True)
         (folder / member.info.name).write_bytes(member.data)
         names.append(member.info.name)
     subprocess.run(["tar", "-cf", str(path), "--owner=0", "--group=0", "--mtime=@1700000000", *options,
@@ -122,12 +123,21 @@ FIXTURES: dict[str, Fixture] = {
                                                     p.write(d, fmt=tarfile.GNU_FORMAT))[1]),
     "tarfile ustar, prefix": Fixture(lambda p, d: (p.extra.append(o.regular(o.LONG + "notes", b"x")),
                                                    p.write(d, fmt=tarfile.USTAR_FORMAT))[1]),
+    "tarfile pax, directories, links, a non-ASCII name": Fixture(lambda p, d: (p.extra.extend([
+        o.directory("extras/"), o.regular("extras/caf\u00e9", b"x"), o.symlink("extras/disk", "../" + o.DISK),
+        o.hardlink("extras/copy", o.DISK)]), p.write(d))[1]),
     "tarfile global header, comment only": Fixture(lambda p, d: with_raw(
         p, d, pax_blocks({"comment": "made by hand"}, tarfile.XGLTYPE) + header("notes", b"x"))),
     "gnu tar pax": Fixture(lambda p, d: gnu_tar(p, d, "--format=pax")),
     "gnu tar gnu": Fixture(lambda p, d: gnu_tar(p, d, "--format=gnu")),
     "gnu tar ustar": Fixture(lambda p, d: gnu_tar(p, d, "--format=ustar")),
     "gnu tar v7": Fixture(lambda p, d: gnu_tar(p, d, "--format=v7")),
+    "gnu tar pax, long name": Fixture(lambda p, d: (p.extra.append(o.regular(o.LONG + "notes", b"x")),
+                                                    gnu_tar(p, d, "--format=pax"))[1]),
+    "gnu tar gnu, long name": Fixture(lambda p, d: (p.extra.append(o.regular(o.LONG + "notes", b"x")),
+                                                    gnu_tar(p, d, "--format=gnu"))[1]),
+    "gnu tar ustar, prefix": Fixture(lambda p, d: (p.extra.append(o.regular(o.LONG + "notes", b"x")),
+                                                   gnu_tar(p, d, "--format=ustar"))[1]),
     "base-256 size": Fixture(lambda p, d: with_raw(p, d, header(
         "notes", b"y" * 700, fmt=tarfile.GNU_FORMAT, patch={124: b"\x80" + (700).to_bytes(11, "big")}))),
     "signed checksum": Fixture(signed_checksum),
