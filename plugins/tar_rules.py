@@ -24,14 +24,18 @@ stricter:
 * more members than ``max_members``, more bytes in total than ``max_total_size``,
   GNU sparse members (``tar.too_many_members``, ``tar.too_large``, ``tar.sparse``);
 * empty, over-long or undecodable names (``tar.bad_name``);
-* set-user-ID, set-group-ID and world-writable modes, and backslashes in names or
-  link targets, are warnings (``tar.mode``, ``tar.backslash``): nothing is
+* names Windows reads as climbing out or absolute (``..\\x``, ``.. /x``, ``\\x``,
+  ``C:x``: ``tar.dotdot``, ``tar.absolute_name``); a name that is another member's once
+  ``\\`` is a separator is ``tar.duplicate``;
+* set-user-ID, set-group-ID and world-writable modes, and other backslashes in names
+  or link targets, are warnings (``tar.mode``, ``tar.backslash``): nothing is
   extracted, so they harm nothing here, but they show how the archive was made.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,11 +49,13 @@ def _code(name: str, summary: str, help_text: str, severity: Severity = Severity
 
 ABSOLUTE_NAME = _code(
     "absolute_name", "The archive holds a file with an absolute path.",
-    "A member name starting with '/' would be written outside the extraction directory by a naive tool.")
+    "A member name starting with '/' would be written outside the extraction directory by a naive tool; so "
+    "would one starting with '\\' or a drive letter ('C:') on Windows.")
 DOTDOT = _code(
     "dotdot", "The archive holds a file whose path contains '..'.",
     "A '..' path component climbs out of the extraction directory (also when set by a PAX 'path' record or a "
-    "GNU long name). Any '..' is refused, even one that would stay inside.")
+    "GNU long name, or when '\\' separates it, as on Windows). Any '..' is refused, even one that would stay "
+    "inside.")
 LINK_ESCAPE = _code(
     "link_escape", "The archive holds a link that points outside the archive.",
     "A symbolic link is absolute, or leaves the archive's root once resolved through the archive's other "
@@ -100,6 +106,7 @@ CODES = (ABSOLUTE_NAME, DOTDOT, LINK_ESCAPE, THROUGH_SYMLINK, SPECIAL_FILE, DUPL
 #: Components processed while resolving one link, at most (bounds the cost of crafted link chains).
 RESOLVE_STEPS = 4096
 _SETID = 0o6000
+_DRIVE = re.compile(r"[A-Za-z]:")
 _WORLD_WRITABLE = 0o002
 
 
@@ -136,6 +143,8 @@ class Limits:
 def fold(name: str) -> str:
     """A name as a case-insensitive, normalising filesystem (Windows, macOS) sees it, for comparison only."""
     folded = name.casefold() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+    if "\\" in folded:
+        folded = "/".join(part for part in folded.replace("\\", "/").split("/") if part not in ("", "."))
     if ". " in folded or "./" in folded or " /" in folded or folded[-1:] in (".", " "):
         folded = "/".join(part.rstrip(". ") for part in folded.split("/"))
     return folded
@@ -199,8 +208,8 @@ class TarRules:
             raise Violation(BAD_NAME, f"member {count}: name {clip(raw_name)} is empty or not UTF-8")
         if len(raw_name) > limits.max_name_length:
             raise Violation(BAD_NAME, f"member {count}: name of {len(raw_name)} characters {clip(raw_name)}")
-        if "\\" in raw_name:
-            self._warn(BACKSLASH, f"name {clip(raw_name)}")
+        if "\\" in raw_name or raw_name[1:2] == ":" or ". " in raw_name or "..." in raw_name:
+            self._windows_name(raw_name)
         parts = self._split(raw_name, "name")
         name = "/".join(parts)
         if kind is Kind.SPECIAL:
@@ -233,6 +242,16 @@ class TarRules:
     def kind_of(self, name: str) -> Kind | None:
         """The kind of the first member named ``name`` (normalised), if any."""
         return self._kinds.get(name)
+
+    def _windows_name(self, raw_name: str) -> None:
+        """A name as Windows reads it, where '\\' separates and 'C:' is a drive: no climbing out, no drive."""
+        parts = raw_name.replace("\\", "/").split("/")
+        if raw_name[:1] == "\\" or _DRIVE.match(parts[0]):
+            raise Violation(ABSOLUTE_NAME, f"{clip(raw_name)} is an absolute path on Windows")
+        if any(part.count(".") >= 2 and not part.strip(". ") for part in parts):  # Windows trims '.. ' to '..'
+            raise Violation(DOTDOT, f"'..' in name {clip(raw_name)} as Windows reads it")
+        if "\\" in raw_name:
+            self._warn(BACKSLASH, f"name {clip(raw_name)}")
 
     def _check_parents(self, parts: list[str], raw_name: str) -> None:
         prefix = ""
@@ -271,12 +290,16 @@ class TarRules:
                                        "where names ignore case")
 
     def _check_link_text(self, link: object, what: str) -> str:
-        """A link target that is text, not empty, not too long (backslashes warned about)."""
+        """A link target that is text, not empty, not too long, not escaping on Windows (backslashes warned about)."""
         if not isinstance(link, str) or not link:
             raise Violation(LINK_ESCAPE, f"{what}: target {clip(link)} empty or not UTF-8")
         if len(link) > self.limits.max_name_length:
             raise Violation(BAD_NAME, f"{what}: target of {len(link)} characters {clip(link)}")
-        if "\\" in link:
+        if "\\" in link:  # a separator on Windows: there, no '..' and no root or drive
+            parts = link.replace("\\", "/").split("/")
+            if link[:1] in ("\\", "/") or _DRIVE.match(parts[0]) or any(
+                    part.count(".") >= 2 and not part.strip(". ") for part in parts):
+                raise Violation(LINK_ESCAPE, f"{what}: target {clip(link)} leaves the archive as Windows reads it")
             self._warn(BACKSLASH, f"link target {clip(link)}")
         return link
 
