@@ -65,8 +65,11 @@ BLOCK = 512
 _OCTAL = re.compile(rb" *[0-7]+[ \0]*")
 #: The mode, uid, gid, size and mtime fields in the form tarfile and GNU tar write them.
 _CANONICAL = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0")
-#: A ustar regular file's numeric fields, checksum and type flag as every writer makes them: the fast path.
-_FAST = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 0")
+#: The fast path, from byte 100 of a header: a ustar regular file as every writer makes it (numeric
+#: fields, checksum, type '0', any link name, the ustar magic, any owner names, device numbers,
+#: an empty prefix), in one match.
+_FAST = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 0.{100}ustar\x0000.{64}"
+                   rb"(?:[0-7]{7}\0|\0{8}){2}\0", re.DOTALL)
 _CANONICAL_DEVICE = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
 _RECORD = re.compile(rb"([1-9][0-9]{0,8}) ")
 #: Regular files, links, special files (the rules judge those), old GNU sparse files.
@@ -213,9 +216,15 @@ class HeaderScan:
         self.offset += count
 
     def feed(self, data: bytes | memoryview) -> None:
+        data = data if isinstance(data, bytes) else bytes(data)
         view = memoryview(data)
         position, length = 0, len(view)
         while position < length:
+            if (not self._skip and not self._ended and not self._buffer and not self._pending
+                    and self._handle == self._header):
+                position = self._plain_members(data, view, position)
+                if position >= length:
+                    break
             if self._skip:
                 step = self._skip if self._skip < length - position else length - position
                 self._skip -= step
@@ -243,6 +252,40 @@ class HeaderScan:
             self._handle(collected)
         self.offset += length
 
+    def _plain_members(self, data: bytes, view: memoryview, position: int) -> int:
+        """Read the plain ustar regular files at ``position`` (the common case, in one loop); return where it stopped.
+
+        Each header must match :data:`_FAST`, have a plain name and the right checksum; its
+        data and padding, when they are in ``data``, are passed over here, the padding checked.
+        Anything else is left to :meth:`_header`, one block at a time.
+        """
+        members, match, length = self.members, _FAST.match, len(data)
+        most = self.limits.max_members
+        while position + BLOCK <= length and match(data, position + 100) is not None:
+            nul, end, half = data.find(0, position, position + 100), position + 100, position + 256
+            if nul <= position or data[nul - 1] == 0x2F or data.count(0, nul, end) != end - nul:
+                break  # no name, a directory's name, or bytes after the name's NUL: _header says which
+            unsigned = ((adler32(view[position:half]) & 0xFFFF) + (adler32(view[half: position + BLOCK]) & 0xFFFF)
+                        - 2 - sum(data[position + 148: position + 156]) + 256)  # the sums, as in _byte_sum
+            if int(data[position + 148: position + 154], 8) != unsigned:
+                break
+            self._headers += 1
+            if len(members) >= most or self._headers > 3 * most + 3:
+                raise Violation(TOO_MANY_MEMBERS, f"more than {most} members")
+            size = int(data[position + 124: position + 135], 8)
+            members.append(Member(data[position:nul], b"0", size, b"", False))
+            position += BLOCK
+            padded = position + ((size + BLOCK - 1) & -BLOCK)
+            if padded > length:
+                self._position = self.offset + position
+                self._expect_data(size)
+                break
+            if data.count(0, position + size, padded) != padded - position - size:
+                self._position = self.offset + padded
+                raise Violation(PADDING, f"bytes other than zeros in the padding before byte {self._position}")
+            position = padded
+        return position
+
     def finish(self) -> None:
         """At the end of the data: nothing may be cut short, and no extended header left without its member."""
         if self._ended:
@@ -264,26 +307,6 @@ class HeaderScan:
     # -- one header block --------------------------------------------------------------------
 
     def _header(self, block: bytes) -> None:
-        """A header: the common case (a plain ustar regular file, as any tool writes it) first, inline."""
-        if (_FAST.match(block, 100) is not None and block[257:265] == _USTAR and not block[345]
-                and _CANONICAL_DEVICE.match(block, 329) is not None and not self._pending):
-            nul = block.find(0, 0, 100)
-            stored = int(block[148:154], 8)
-            if (stored == _byte_sum(block) - sum(block[148:156]) + 256 and nul > 0 and block[nul - 1] != 0x2F
-                    and block.count(0, nul, 100) == 100 - nul):
-                self._headers += 1
-                members = self.members
-                if self._headers > 3 * self.limits.max_members + 3 or len(members) >= self.limits.max_members:
-                    raise Violation(TOO_MANY_MEMBERS, f"more than {self.limits.max_members} members")
-                size = int(block[124:135], 8)
-                members.append(Member(block[:nul], b"0", size, b"", False))
-                self._skip = size
-                if size & 511:
-                    self._want, self._handle = BLOCK - (size & 511), self._padding
-                return
-        self._any_header(block)
-
-    def _any_header(self, block: bytes) -> None:
         start = self._position - BLOCK
         if not block[0] and block.count(0) == BLOCK:
             if self._pending:
