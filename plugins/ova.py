@@ -98,7 +98,6 @@ class NotAnOva(Exception):
     """A tar archive that does not start with an OVF descriptor, under a claim other than ``ova``."""
 
 
-
 def _limit(low: int, high: int) -> Any:
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
