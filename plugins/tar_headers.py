@@ -169,6 +169,8 @@ def parse_records(data: bytes, what: str) -> dict[str, bytes]:
     charset = records.get("hdrcharset")
     if charset is not None and charset.decode("utf-8", "replace") != _UTF8_CHARSET:
         raise Violation(AMBIGUOUS, f"{what}: hdrcharset {clip(charset)}")
+    if data.count(b" hdrcharset=") > (charset is not None):  # tarfile searches the whole header for one
+        raise Violation(AMBIGUOUS, f"{what}: 'hdrcharset=' inside another record")
     return records
 
 

@@ -216,6 +216,9 @@ FIXTURES: dict[str, Fixture] = {
         "notes", fmt=tarfile.GNU_FORMAT, patch={124: b"\xff" * 12})), "tar.ambiguous_header", disagree=True),
     "hdrcharset BINARY": Fixture(lambda p, d: with_raw(
         p, d, pax_blocks({"hdrcharset": "BINARY", "path": "notes"}) + header("n", b"x")), "tar.ambiguous_header"),
+    "hdrcharset hidden in a comment": Fixture(lambda p, d: with_raw(
+        p, d, pax_blocks({"comment": "x\n21 hdrcharset=BINARY\n", "path": "notes"}) + header("n", b"x")),
+        "tar.ambiguous_header"),
     "extended header before the end": Fixture(lambda p, d: with_raw(p, d, pax_blocks({"path": "notes"})),
                                               "tar.ambiguous_header", disagree=True),
 }
