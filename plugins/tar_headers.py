@@ -7,13 +7,15 @@ they apply PAX global headers, which libarchive ignores; ``tar -i`` and
 disagree on which of two long names wins, on the ustar prefix field outside ustar
 headers, on data after a link or directory header, on numbers written oddly.
 :class:`HeaderScan` reads every header itself, in one pass over the headers alone
-(member data is skipped, never read), and raises
-:class:`~plugins.tar_rules.Violation` wherever two of those readers could see
+(member data is passed over, never interpreted; only its padding is checked), and raises
+:class:`~.tar_rules.Violation` wherever two of those readers could see
 different members. What remains is one list of members every reader agrees on,
 which the ``ova`` plugin compares with libarchive's, member by member.
 
 :meth:`HeaderScan.feed` takes the bytes in chunks of any size; :meth:`HeaderScan.skip`
-says how many bytes it will ignore next, so :func:`scan` seeks past member data.
+says how many bytes it will ignore next, so :func:`scan` seeks past member data longer
+than a chunk. Plain ustar regular files, nearly every member of a real archive, take a
+fast path (:meth:`HeaderScan._plain_members`); everything else goes block by block.
 """
 
 from __future__ import annotations
