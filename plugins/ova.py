@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from . import tar_headers, tar_rules
-from .tar_headers import AMBIGUOUS, HeaderLimits, Member
+from ._tar_fields import AMBIGUOUS
+from .tar_headers import HeaderLimits, Member
 from .tar_reader import ArchiveCorrupt, TarReader
 from .tar_rules import Kind, Limits, TarRules, Violation, clip
 

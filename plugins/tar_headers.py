@@ -20,68 +20,34 @@ fast path (:meth:`HeaderScan._plain_members`); everything else goes block by blo
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 from zlib import adler32
 
-from importhooks import FindingCode, Severity
-
+from ._tar_fields import (
+    AMBIGUOUS,
+    BLOCK,
+    CANONICAL,
+    CANONICAL_DEVICE,
+    DATA_TYPES,
+    FAST,
+    GLOBAL_FORBIDDEN,
+    GLOBAL_HEADER,
+    GNU_MAGIC,
+    HEADER_TOO_LARGE,
+    MEMBER_TYPES,
+    PADDING,
+    TRAILING_DATA,
+    USTAR_MAGIC,
+    check_checksum,
+    cstring,
+    number,
+    parse_records,
+)
+from ._tar_fields import CODES as CODES
+from ._tar_fields import HeaderLimits as HeaderLimits
+from ._tar_fields import Member as Member
 from .tar_rules import CORRUPT, SPARSE, TOO_MANY_MEMBERS, Violation, clip
-
-
-def _code(name: str, summary: str, help_text: str) -> FindingCode:
-    return FindingCode(f"tar.{name}", summary, help_text, Severity.ERROR)
-
-
-AMBIGUOUS = _code(
-    "ambiguous_header", "The archive holds a header that tar programs read in different ways.",
-    "GNU tar, CPython tarfile and libarchive would list different members: two GNU long names, or a long "
-    "name and a PAX 'path' (or 'linkpath', or 'GNU.sparse.name') for one member; a PAX 'size' that differs "
-    "from the header's; data after a link, directory or device header; a type flag one of them does not "
-    "know; a ustar prefix in a header that is not ustar; a regular file whose name ends in '/'; a numeric "
-    "field that is not plain octal or base-256; a malformed or repeated PAX record; an extended header with "
-    "no member after it; or libarchive's member list differs from importhooks' own reading.")
-GLOBAL_HEADER = _code(
-    "global_header", "The archive holds a global header that changes its files.",
-    "A PAX global header ('g') sets 'path', 'linkpath', 'size', a GNU sparse record or a non-UTF-8 "
-    "'hdrcharset' for the members after it. GNU tar and CPython tarfile apply it, libarchive ignores it: an "
-    "extractor could take another file, under another name, than the one checked.")
-TRAILING_DATA = _code(
-    "trailing_data", "The archive has data after its end.",
-    "Bytes other than zeros follow the end-of-archive marker (the first zero block), or more zeros than the "
-    "ova plugin's max_trailing_bytes. 'tar -i' and tarfile(ignore_zeros=True) read members there, and a zip "
-    "or another container appended to the archive is found by other tools.")
-PADDING = _code(
-    "padding_data", "The archive holds data in the gaps between its files.",
-    "The padding after a member's data or an extended header, up to the next 512-byte block, holds bytes "
-    "other than zeros. No tar reader reads them, but other readers can: a zip directory hidden there makes "
-    "the archive a zip file too.")
-HEADER_TOO_LARGE = _code(
-    "header_too_large", "The archive holds an extended header that is too large.",
-    "A PAX extended header or a GNU long name holds more bytes than the ova plugin's max_header_bytes.")
-CODES = (AMBIGUOUS, GLOBAL_HEADER, TRAILING_DATA, PADDING, HEADER_TOO_LARGE)
-
-BLOCK = 512
-_OCTAL = re.compile(rb" *[0-7]+[ \0]*")
-#: The mode, uid, gid, size and mtime fields in the form tarfile and GNU tar write them.
-_CANONICAL = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0")
-#: The fast path, from byte 100 of a header: a ustar regular file as every writer makes it (numeric
-#: fields, checksum, type '0', any link name, the ustar magic, any owner names, device numbers,
-#: an empty prefix), in one match.
-_FAST = re.compile(rb"[0-7]{7}\0[0-7]{7}\0[0-7]{7}\0[0-7]{11}\0[0-7]{11}\0[0-7]{6}\0 0.{100}ustar\x0000.{64}"
-                   rb"(?:[0-7]{7}\0|\0{8}){2}\0", re.DOTALL)
-_CANONICAL_DEVICE = re.compile(rb"(?:[0-7]{7}\0|\0{8}){2}")
-_RECORD = re.compile(rb"([1-9][0-9]{0,8}) ")
-#: Regular files, links, special files (the rules judge those), old GNU sparse files.
-_MEMBER_TYPES = frozenset(b"01234567\0S")
-_DATA_TYPES = frozenset(b"0\x007S")
-_USTAR, _GNU = b"ustar\x0000", b"ustar  \x00"
-#: Records a PAX global header may not set: they change what a member is, or its name.
-_GLOBAL_FORBIDDEN = ("path", "linkpath", "size")
-_UTF8_CHARSET = "ISO-IR 10646 2000 UTF-8"
-_REPEATABLE = frozenset({"GNU.sparse.offset", "GNU.sparse.numbytes"})  # PAX 0.0 sparse maps repeat these
 
 
 class Handle(Protocol):
@@ -92,98 +58,6 @@ class Handle(Protocol):
     def seek(self, offset: int, whence: int = 0, /) -> int: ...
 
     def tell(self) -> int: ...
-
-
-class Member(NamedTuple):
-    """One member as every reader sees it: name and link as bytes, type flag, bytes of data in the archive."""
-
-    name: bytes
-    type: bytes
-    size: int
-    link: bytes
-    sparse: bool
-
-
-def _number(field: bytes, what: str) -> int:
-    """A numeric header field: octal (digits, then only NULs or spaces), base-256, or all NULs (0).
-
-    Base-256 starts with byte 0x80 (0xFF: negative); other first bytes with the high bit set
-    are base-256 to libarchive but an error to tarfile, and fail the octal test here.
-    """
-    if field[0] == 0x80 or field[0] == 0xFF:
-        value = int.from_bytes(field[1:], "big")
-        return value - (256 ** (len(field) - 1)) if field[0] == 0xFF else value
-    if not field.strip(b"\0"):
-        return 0
-    if _OCTAL.fullmatch(field) is None:
-        raise Violation(AMBIGUOUS, f"{what} field {clip(field)} is not plain octal")
-    return int(field.strip(b" \0"), 8)
-
-
-def _byte_sum(data: bytes) -> int:
-    """The sum of the bytes of a 512-byte block, from two Adler-32 sums (exact: no half can exceed the modulus)."""
-    return (adler32(data[:256]) & 0xFFFF) + (adler32(data[256:]) & 0xFFFF) - 2
-
-
-def _checksum(block: bytes) -> None:
-    """The checksum field must be the unsigned or the signed sum (both are accepted by every reader)."""
-    field = block[148:156]
-    if _OCTAL.fullmatch(field) is None:
-        raise Violation(CORRUPT, f"header checksum field {clip(field)}")
-    stored = int(field.strip(b" \0"), 8)
-    unsigned = _byte_sum(block) - sum(field) + 8 * 32
-    if stored != unsigned:
-        blanked = block[:148] + b" " * 8 + block[156:]
-        if stored != unsigned - 256 * sum(byte > 127 for byte in blanked):
-            raise Violation(CORRUPT, f"header checksum {stored}, computed {unsigned}")
-
-
-def _cstring(data: bytes, what: str) -> bytes:
-    """Text up to the first NUL; anything but NULs after it is read by some tools only."""
-    text, _, rest = data.partition(b"\0")
-    if rest.strip(b"\0"):
-        raise Violation(AMBIGUOUS, f"{what} has bytes after its end: {clip(data[:120])}")
-    return text
-
-
-def parse_records(data: bytes, what: str) -> dict[str, bytes]:
-    """The ``length key=value\\n`` records of a PAX header; any malformed or repeated record is a violation."""
-    records: dict[str, bytes] = {}
-    position = 0
-    while position < len(data):
-        match = _RECORD.match(data, position)
-        end = position + int(match[1]) if match else 0
-        if match is None or end > len(data) or data[end - 1:end] != b"\n":
-            if not data[position:].strip(b"\0"):
-                break  # NUL padding after the last record
-            raise Violation(AMBIGUOUS, f"{what}: malformed record at byte {position}")
-        key_bytes, equals, value = data[match.end(): end - 1].partition(b"=")
-        try:
-            key = key_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            raise Violation(AMBIGUOUS, f"{what}: record key {clip(key_bytes)} is not UTF-8") from None
-        if not equals or not key:
-            raise Violation(AMBIGUOUS, f"{what}: record {clip(key)} has no '='")
-        if key in records and key not in _REPEATABLE:
-            raise Violation(AMBIGUOUS, f"{what}: record {clip(key)} twice")
-        records[key] = value
-        position = end
-    charset = records.get("hdrcharset")
-    if charset is not None and charset.decode("utf-8", "replace") != _UTF8_CHARSET:
-        raise Violation(AMBIGUOUS, f"{what}: hdrcharset {clip(charset)}")
-    if data.count(b" hdrcharset=") > (charset is not None):  # tarfile searches the whole header for one
-        raise Violation(AMBIGUOUS, f"{what}: 'hdrcharset=' inside another record")
-    return records
-
-
-@dataclass(frozen=True, slots=True)
-class HeaderLimits:
-    """The limits of the header reading (the ova plugin's options)."""
-
-    max_members: int = 256
-    max_header_bytes: int = 64 << 10
-    max_trailing_bytes: int = 1 << 20
-    allow_sparse: bool = False
 
 
 class HeaderScan:
@@ -259,18 +133,18 @@ class HeaderScan:
     def _plain_members(self, data: bytes, view: memoryview, position: int) -> int:
         """Read the plain ustar regular files at ``position`` (the common case, in one loop); return where it stopped.
 
-        Each header must match :data:`_FAST`, have a plain name and the right checksum; its
+        Each header must match :data:`FAST`, have a plain name and the right checksum; its
         data and padding, when they are in ``data``, are passed over here, the padding checked.
         Anything else is left to :meth:`_header`, one block at a time.
         """
-        members, match, length = self.members, _FAST.match, len(data)
+        members, match, length = self.members, FAST.match, len(data)
         most = self.limits.max_members
         while position + BLOCK <= length and match(data, position + 100) is not None:
             nul, end, half = data.find(0, position, position + 100), position + 100, position + 256
             if nul <= position or data[nul - 1] == 0x2F or data.count(0, nul, end) != end - nul:
                 break  # no name, a directory's name, or bytes after the name's NUL: _header says which
             unsigned = ((adler32(view[position:half]) & 0xFFFF) + (adler32(view[half: position + BLOCK]) & 0xFFFF)
-                        - 2 - sum(data[position + 148: position + 156]) + 256)  # the sums, as in _byte_sum
+                        - 2 - sum(data[position + 148: position + 156]) + 256)  # the sums, as in byte_sum
             if int(data[position + 148: position + 154], 8) != unsigned:
                 break
             self._headers += 1
@@ -321,25 +195,25 @@ class HeaderScan:
         self._headers += 1
         if self._headers > 3 * self.limits.max_members + 3:  # a member has at most 3 extension headers
             raise Violation(TOO_MANY_MEMBERS, f"more than {self._headers} headers")
-        _checksum(block)
+        check_checksum(block)
         kind = block[156:157]
         magic = block[257:265]
-        if _CANONICAL.match(block, 100) is not None:  # mode to mtime as tarfile and GNU tar write them
+        if CANONICAL.match(block, 100) is not None:  # mode to mtime as tarfile and GNU tar write them
             size = int(block[124:135], 8)
         else:
-            size = _number(block[124:136], "size")
+            size = number(block[124:136], "size")
             for what, low, high in (("mode", 100, 108), ("uid", 108, 116), ("gid", 116, 124), ("mtime", 136, 148)):
-                _number(block[low:high], what)
-        if magic != _USTAR and block[345] and kind not in (b"L", b"K", b"S"):
+                number(block[low:high], what)
+        if magic != USTAR_MAGIC and block[345] and kind not in (b"L", b"K", b"S"):
             raise Violation(AMBIGUOUS, f"header at byte {start}: a ustar prefix in a header that is not ustar")
-        if _CANONICAL_DEVICE.match(block, 329) is None:  # tarfile stops listing at a device field it cannot read
-            _number(block[329:337], "devmajor")
-            _number(block[337:345], "devminor")
+        if CANONICAL_DEVICE.match(block, 329) is None:  # tarfile stops listing at a device field it cannot read
+            number(block[329:337], "devmajor")
+            number(block[337:345], "devminor")
         if size < 0:
             raise Violation(AMBIGUOUS, f"header at byte {start}: negative size {size}")
         if kind in (b"L", b"K", b"x", b"g"):
             self._extension(kind, size, start)
-        elif kind and kind[0] in _MEMBER_TYPES:
+        elif kind and kind[0] in MEMBER_TYPES:
             self._member(block, kind, size, magic)
         else:
             raise Violation(AMBIGUOUS, f"header at byte {start}: type flag {clip(kind)}")
@@ -369,7 +243,7 @@ class HeaderScan:
                 raise Violation(AMBIGUOUS, "a PAX global header between an extended header and its member")
             records = parse_records(data, "PAX global header")
             for key in records:
-                if key in _GLOBAL_FORBIDDEN or key.startswith("GNU.sparse."):
+                if key in GLOBAL_FORBIDDEN or key.startswith("GNU.sparse."):
                     raise Violation(GLOBAL_HEADER, f"PAX global header sets {clip(key)}")
             return
         if kind == b"x":
@@ -384,7 +258,7 @@ class HeaderScan:
                 pending["sparse"] = b""
             return
         what = "name" if kind == b"L" else "link"
-        self._set("path" if kind == b"L" else "linkpath", _cstring(data, f"GNU long {what}"))
+        self._set("path" if kind == b"L" else "linkpath", cstring(data, f"GNU long {what}"))
 
     def _set(self, key: str, value: bytes) -> None:
         slot = "path" if key == "GNU.sparse.name" else key
@@ -396,10 +270,10 @@ class HeaderScan:
 
     def _member(self, block: bytes, kind: bytes, size: int, magic: bytes) -> None:
         pending, self._pending = self._pending, {}
-        name = _cstring(block[:100], "a name field") if "path" not in pending else pending["path"]
-        if "path" not in pending and magic == _USTAR and block[345]:
-            name = _cstring(block[345:500], "a prefix field") + b"/" + name
-        link = pending.get("linkpath") or _cstring(block[157:257], "a link name field")
+        name = cstring(block[:100], "a name field") if "path" not in pending else pending["path"]
+        if "path" not in pending and magic == USTAR_MAGIC and block[345]:
+            name = cstring(block[345:500], "a prefix field") + b"/" + name
+        link = pending.get("linkpath") or cstring(block[157:257], "a link name field")
         if "size" in pending:
             declared = pending["size"]
             if not declared.isdigit() or kind == b"S":
@@ -407,14 +281,14 @@ class HeaderScan:
             if int(declared) != size and int(declared) < 8**11:
                 raise Violation(AMBIGUOUS, f"{clip(name)}: PAX size {int(declared)}, header size {size}")
             size = int(declared)
-        if kind[0] not in _DATA_TYPES and size:
+        if kind[0] not in DATA_TYPES and size:
             raise Violation(AMBIGUOUS, f"{clip(name)}: type {clip(kind)} with {size} bytes of data")
         if kind in (b"0", b"\0", b"7") and name.endswith(b"/"):
             raise Violation(AMBIGUOUS, f"{clip(name)}: a regular file whose name ends in '/'")
         sparse = kind == b"S" or "sparse" in pending
         if sparse and not self.limits.allow_sparse:
             raise Violation(SPARSE, f"{clip(name)}: sparse")
-        if kind == b"S" and magic != _GNU:
+        if kind == b"S" and magic != GNU_MAGIC:
             raise Violation(AMBIGUOUS, f"{clip(name)}: an old GNU sparse header without the GNU magic")
         self.members.append(Member(name, kind, size, link, sparse))
         if len(self.members) > self.limits.max_members:
