@@ -180,15 +180,6 @@ def test_small_sparse_member_is_accepted_when_allowed(ova_settings, workdir, tmp
     assert result.verdict is Verdict.ACCEPT and codes(result) == ["ova.unreferenced_member"]
 
 
-@pytest.mark.parametrize("minor", ["0", "1"])
-def test_a_sparse_disk_is_refused_even_when_sparse_members_are_allowed(ova_settings, workdir, tmp_path, minor):
-    """Readers expand a crafted sparse map differently: the disk is never taken from one."""
-    descriptor = o.ovf_descriptor([(DISK, "raw")])
-    path = o.ova(tmp_path / "x.ova", [o.regular("vm.ovf", descriptor), o.sparse_pax(DISK, 1 << 20, minor=minor)])
-    result = audit(ova_settings.replace(plugin={"ova": {"allow_sparse": True}}), path, workdir, disk_format="raw")
-    assert errors(result) == ["tar.sparse"] and "disk member" in (result.findings[-1].detail or "")
-
-
 def test_modes_and_backslashes_are_warnings(ova_settings, workdir, tmp_path, vmdk):
     pack = o.package(vmdk)
     pack.extra = [o.regular("tool", b"x", mode=0o4755), o.regular("shared", b"x", mode=0o666),

@@ -111,6 +111,17 @@ def test_header_scan_takes_any_chunk_size(tmp_path, chunk):
     assert {"members", "tar.global_header", "tar.trailing_data", "tar.ambiguous_header"} <= seen
 
 
+@pytest.mark.parametrize("minor", ["0", "1"])
+def test_a_sparse_disk_is_refused_even_when_sparse_members_are_allowed(ova_settings, workdir, tmp_path, minor):
+    """Readers expand a crafted sparse map differently: the disk is never taken from one."""
+    descriptor = o.ovf_descriptor([(o.DISK, "raw")])
+    path = o.ova(tmp_path / "x.ova", [o.regular("vm.ovf", descriptor), o.sparse_pax(o.DISK, 1 << 20, minor=minor)])
+    result = audit(ova_settings.replace(plugin={"ova": {"allow_sparse": True}}), path, container_format="ova",
+                   disk_format="raw")
+    assert codes(result) == ["tar.sparse"] and "disk member" in (result.findings[-1].detail or "")
+    assert list(workdir.iterdir()) == []
+
+
 def test_old_gnu_sparse_extension_blocks_are_passed_over(tmp_path):
     """An old GNU sparse header continued by an extension block: the scan finds the member after it, as tarfile."""
     sparse = bytearray(o.sparse_old_gnu("huge", 1 << 20).raw)
