@@ -274,3 +274,17 @@ def listings(path: Path) -> dict[str, list[str] | str]:
     return {"libarchive": libarchive_names(path), "tarfile": tarfile_names(path),
             "tarfile ignore_zeros": tarfile_names(path, ignore_zeros=True),
             "tar -tvf": gnu_tar_names(path), "tar -itvf": gnu_tar_names(path, ignore_zeros=True)}
+
+
+def _with_members(extra: list[o.Member]) -> Build:
+    def build(pack: o.Package, path: Path) -> Path:
+        pack.extra = [*pack.extra, *extra]
+        return pack.write(path)
+
+    return build
+
+
+#: The member rules' attacks (:data:`ova_images.MEMBER_ATTACKS`) are OVA fixtures too: every reader is
+#: run on them, and importhooks rejects each with its code.
+FIXTURES.update({f"member rule: {case}": Fixture(_with_members(extra), code)
+                 for case, (extra, code) in o.MEMBER_ATTACKS.items()})
