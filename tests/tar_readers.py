@@ -130,6 +130,8 @@ FIXTURES: dict[str, Fixture] = {
         p, d, pax_blocks({"comment": "made by hand"}, tarfile.XGLTYPE) + header("notes", b"x"))),
     "gnu tar pax": Fixture(lambda p, d: gnu_tar(p, d, "--format=pax")),
     "gnu tar gnu": Fixture(lambda p, d: gnu_tar(p, d, "--format=gnu")),
+    "gnu tar pax, global comment": Fixture(lambda p, d: gnu_tar(p, d, "--format=pax",
+                                                                "--pax-option=comment=made by GNU tar")),
     "gnu tar ustar": Fixture(lambda p, d: gnu_tar(p, d, "--format=ustar")),
     "gnu tar v7": Fixture(lambda p, d: gnu_tar(p, d, "--format=v7")),
     "gnu tar pax, long name": Fixture(lambda p, d: (p.extra.append(o.regular(o.LONG + "notes", b"x")),
@@ -149,6 +151,8 @@ FIXTURES: dict[str, Fixture] = {
     "global header renames a later member to the disk": Fixture(lambda p, d: with_raw(
         p, d, pax_blocks({"path": o.DISK}, tarfile.XGLTYPE) + header("notes", b"evil")),
         "tar.global_header", disagree=True),
+    "gnu tar's own global header renames every member": Fixture(lambda p, d: gnu_tar(
+        p, d, "--format=pax", f"--pax-option=path={o.DISK}"), "tar.global_header", disagree=True),
     "global header with a traversal path": Fixture(lambda p, d: with_raw(
         p, d, pax_blocks({"path": "../../etc/cron.d/evil"}, tarfile.XGLTYPE) + header("notes", b"x")),
         "tar.global_header", disagree=True),
