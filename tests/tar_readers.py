@@ -1,10 +1,12 @@
-"""OVAs that tar readers may read differently, and what CPython tarfile and GNU tar list in each.
+"""OVAs that tar readers may read differently, and what libarchive, CPython tarfile and GNU tar list in each.
 
 Every fixture is a benign package (:func:`ova_images.package`) written by GNU tar or
-CPython tarfile, with headers changed by hand where no tool writes them. Benign ones
-must be read alike by every reader and accepted; ambiguous ones rejected. The
-listings run the real readers: ``tarfile.open`` (with and without ``ignore_zeros``)
-GNU tar's ``tar -tvf`` and ``tar -itvf``, and libarchive (as libarchive-c lists it).
+CPython tarfile, with one thing added: more members, or headers made by hand where no
+tool writes them (tarfile's own header builders, then bytes patched and the checksum
+mended). Benign ones must be read alike by every reader and accepted; ambiguous ones
+rejected. The listings run the real readers: ``tarfile.open`` (with and without
+``ignore_zeros``), GNU tar's ``tar -tvf`` and ``tar -itvf``, and libarchive (as
+libarchive-c lists it, tar formats only, as the ``ova`` plugin reads).
 """
 
 from __future__ import annotations
