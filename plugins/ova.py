@@ -7,7 +7,10 @@ member's header goes through the rules of :mod:`.tar_rules`; the first member mu
 be the OVF descriptor, parsed by :mod:`.ovf`; the one disk it references is streamed
 into a file the pipeline chose (``context.temp_path``), its SHA1/SHA256/SHA512
 digests computed on the way; a ``.mf`` manifest is checked against them. No other
-member is written anywhere, and no path is ever built from a member name. The
+member is written anywhere, and no path is ever built from a member name. Before
+libarchive, :mod:`.tar_headers` reads every header strictly, alone, and rejects
+what GNU tar, CPython tarfile and libarchive could list differently; libarchive's
+members must then be the ones it found, one by one. The
 archive's facts are recorded on its layer (``members``, ``disk_member``,
 ``compressed_size``, ``uncompressed_size``, ``ratio``, ``ovf_disk_format``,
 ``ovf_os_type``, ``manifest``) and the disk becomes the next layer (kind
@@ -25,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
-from . import tar_rules
+from . import tar_headers, tar_rules
+from ._tar_fields import AMBIGUOUS
+from .tar_headers import HeaderLimits, Member
 from .tar_rules import Kind, Limits, TarRules, Violation, clip
 
 if TYPE_CHECKING:
@@ -75,12 +80,23 @@ MANIFEST_INVALID = _code(
     "manifest_invalid", "The OVA's manifest could not be read.",
     "The .mf manifest is larger than the ova plugin's max_manifest_bytes, not UTF-8, has a line that is not "
     "'ALGO(name)= hexdigest' with SHA1, SHA256 or SHA512, or the OVA holds two manifests.")
+MULTIPLE_DESCRIPTORS = _code(
+    "multiple_descriptors", "The OVA holds more than one OVF descriptor.",
+    "A member other than the first has a name ending in '.ovf'. Tools that look for 'the' descriptor by its "
+    "name could read another one than the one checked here.")
 UNREFERENCED = _code(
     "unreferenced_member", "The OVA holds files its OVF descriptor does not name.",
     "Members other than the descriptor, the manifest, a certificate, directories and the Files the "
     "descriptor names were ignored (not extracted, not checked beyond their headers).", Severity.WARNING)
 OVA_CODES = (NO_DESCRIPTOR, MULTIPLE_DISKS, MISSING_MEMBER, SIZE_MISMATCH, UNSUPPORTED, FORMAT_MISMATCH,
-             MANIFEST_MISMATCH, MANIFEST_INVALID, UNREFERENCED)
+             MANIFEST_MISMATCH, MANIFEST_INVALID, MULTIPLE_DESCRIPTORS, UNREFERENCED)
+#: Kinds of members by their tar type flag, as libarchive reports them.
+_KIND_OF_TYPE = {b"0": Kind.FILE, b"\0": Kind.FILE, b"7": Kind.FILE, b"S": Kind.FILE, b"1": Kind.HARDLINK,
+                 b"2": Kind.SYMLINK, b"5": Kind.DIR, b"3": Kind.SPECIAL, b"4": Kind.SPECIAL, b"6": Kind.SPECIAL}
+
+
+class NotAnOva(Exception):
+    """A tar archive that does not start with an OVF descriptor, under a claim other than ``ova``."""
 
 
 def _limit(low: int, high: int) -> Any:
@@ -102,15 +118,19 @@ OPTIONS = PluginOptions(SECTION, (
                  parse=_limit(1, 1000)),
     PluginOption("max_name_length", 1024, "Longest member name or link target, in characters (tar.bad_name).",
                  parse=_limit(1, 1 << 16)),
-    PluginOption("allow_sparse", False, "Accept GNU sparse members (else tar.sparse); their declared size "
-                 "still counts against max_total_size."),
+    PluginOption("allow_sparse", False, "Accept GNU sparse members other than the disk (else tar.sparse); "
+                 "their declared size still counts against max_total_size."),
     PluginOption("max_manifest_bytes", 64 << 10, "Largest .mf manifest read (ova.manifest_invalid).", size=True),
+    PluginOption("max_header_bytes", 64 << 10, "Largest PAX extended header or GNU long name "
+                 "(tar.header_too_large).", size=True),
+    PluginOption("max_trailing_bytes", 1 << 20, "Most zero bytes after the end-of-archive marker "
+                 "(tar.trailing_data).", size=True),
 ))
 
 
 @hookimpl
 def importhooks_finding_codes() -> list[FindingCode]:
-    return [*tar_rules.CODES, *OVA_CODES]
+    return [*tar_rules.CODES, *tar_headers.CODES, *OVA_CODES]
 
 
 @hookimpl
@@ -146,6 +166,7 @@ class _Scan:
     out: Path
     max_manifest_bytes: int
     rules: TarRules
+    header_limits: HeaderLimits = field(default_factory=HeaderLimits)
     descriptor: OvfDescriptor | None = None
     descriptor_name: str = ""
     disk_href: str = ""
@@ -161,13 +182,18 @@ class _Scan:
         from .tar_reader import TarReader  # heavy (libarchive through ctypes): loaded on first use
 
         rules = self.rules
+        with self.context.data.open() as handle:  # first the headers alone, read strictly: see tar_headers
+            members = tar_headers.scan(handle, self.header_limits, self.context.check)
         with self.context.data.open() as handle, TarReader(handle) as archive:
-            for raw_name, kind, size, mode, link, sparse in archive.headers():
+            for index, (raw_name, kind, size, mode, link, sparse) in enumerate(archive.headers()):
                 name = rules.add(raw_name, kind, size=size, mode=mode, link=link, sparse=sparse)
+                _same_member(members, index, raw_name, kind, size, link, sparse)
                 if self.descriptor is None:
                     self._descriptor(archive, kind, size, name)
                 elif kind is Kind.FILE and name == self.disk_href:
-                    self._disk(archive, size)
+                    self._disk(archive, size, sparse)
+                elif name[-4:].lower() == ".ovf":
+                    raise Violation(MULTIPLE_DESCRIPTORS, f"{clip(name)} after {clip(self.descriptor_name)}")
                 elif kind is Kind.DIR or name in self.hrefs:
                     continue
                 elif kind is Kind.FILE and name[-3:].lower() == ".mf" and "/" not in name:
@@ -175,6 +201,8 @@ class _Scan:
                 elif not (name[-5:].lower() == ".cert" and "/" not in name):
                     self.unreferenced += 1
                     self.first_unreferenced = self.first_unreferenced or name
+        if rules.count != len(members):
+            raise Violation(AMBIGUOUS, f"libarchive lists {rules.count} members, the headers hold {len(members)}")
         rules.finish()
         self._check_references()
         self._check_manifest()
@@ -185,6 +213,8 @@ class _Scan:
         options = self.context.options("ovf")
         limit = options.get("max_descriptor_bytes", MAX_DESCRIPTOR_BYTES)
         if kind is not Kind.FILE or "/" in name or not name.lower().endswith(".ovf"):
+            if self.context.claims.container_format != "ova":
+                raise NotAnOva
             raise Violation(NO_DESCRIPTOR, f"first member is a {kind.value} named {clip(name)}")
         if size > limit:
             raise Violation(NO_DESCRIPTOR, f"descriptor of {size} bytes, limit {limit}")
@@ -208,9 +238,11 @@ class _Scan:
         self.hrefs = frozenset(ref.href for ref in descriptor.files)
         self.digests[name] = {algo: hashlib.new(algo, data).hexdigest() for algo in DIGESTS.values()}
 
-    def _disk(self, archive: TarReader, size: int) -> None:
+    def _disk(self, archive: TarReader, size: int, sparse: bool) -> None:
         if self.written is not None:  # a second member of that name: the rules reject it first
             raise Violation(tar_rules.DUPLICATE, f"disk member {clip(self.disk_href)} twice")
+        if sparse:  # allow_sparse or not: tar readers expand a crafted sparse map differently
+            raise Violation(tar_rules.SPARSE, f"disk member {clip(self.disk_href)} is sparse")
         # A manifest read already names the digests to check; one still to come may use any.
         algos = DIGESTS.values() if self.manifest is None else self.manifest.get(self.disk_href, {}).keys()
         hashers = [hashlib.new(algo) for algo in algos]
@@ -236,6 +268,8 @@ class _Scan:
         self.manifest = parse_manifest(archive.read(size))
 
     def _check_references(self) -> None:
+        if self.descriptor is None and self.context.claims.container_format != "ova":
+            raise NotAnOva
         if self.descriptor is None:
             raise Violation(NO_DESCRIPTOR, "the archive holds no member")
         for ref in self.descriptor.files:
@@ -265,6 +299,26 @@ class _Scan:
         return "verified" if self.disk_href in self.manifest else "disk not listed"
 
 
+def _same_member(members: list[Member], index: int, name: object, kind: Kind, size: int, link: object,
+                 sparse: bool) -> None:
+    """libarchive's member ``index`` must be the one the strict header reading found; else the readers disagree."""
+    if index >= len(members):
+        raise Violation(AMBIGUOUS, f"libarchive lists a member {clip(name)} the headers do not hold")
+    member = members[index]
+    expected_kind = _KIND_OF_TYPE.get(member.type)
+    expected_name = member.name.decode("utf-8", "surrogateescape")
+    if kind is Kind.DIR:
+        name, expected_name = str(name).rstrip("/"), expected_name.rstrip("/")
+    if name != expected_name or kind is not expected_kind:
+        raise Violation(AMBIGUOUS, f"member {index + 1}: libarchive reads a {kind.value} {clip(name)}, the header "
+                                   f"a {expected_kind.value if expected_kind else '?'} {clip(expected_name)}")
+    if kind is Kind.FILE and not sparse and size != member.size:
+        raise Violation(AMBIGUOUS, f"member {index + 1}: libarchive reads {size} bytes, the header {member.size}")
+    if kind in (Kind.SYMLINK, Kind.HARDLINK) and link != member.link.decode("utf-8", "surrogateescape"):
+        raise Violation(AMBIGUOUS, f"member {index + 1}: libarchive reads a link to {clip(link)}, the header to "
+                                   f"{clip(member.link)}")
+
+
 def _limits(context: ImportContext) -> Limits:
     options = context.options(SECTION)
     total = options.get("max_total_size", 0) or context.settings.max_image_size
@@ -290,11 +344,19 @@ def importhooks_sanitize(context: ImportContext) -> None:
         return  # an archive inside an OVA's disk stays packed: content_type rejects it in finalize
     out = context.temp_path(".raw")
     max_manifest = int(context.options(SECTION).get("max_manifest_bytes", 64 << 10))
-    scan = _Scan(context, out, max_manifest, TarRules(_limits(context), context.check))
+    options = context.options(SECTION)
+    limits = _limits(context)
+    header_limits = HeaderLimits(max_members=limits.max_members, allow_sparse=limits.allow_sparse,
+                                 max_header_bytes=options.get("max_header_bytes", 64 << 10),
+                                 max_trailing_bytes=options.get("max_trailing_bytes", 1 << 20))
+    scan = _Scan(context, out, max_manifest, TarRules(limits, context.check), header_limits)
     from .tar_reader import ArchiveCorrupt
 
     try:
         scan.run()
+    except NotAnOva:  # a tar archive under another claim: content_type says it is a tar nobody unpacks
+        out.unlink(missing_ok=True)
+        return
     except (Violation, ArchiveCorrupt) as exc:
         out.unlink(missing_ok=True)
         _report_warnings(context, scan)

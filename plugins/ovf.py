@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 from importhooks import FindingCode, PluginOption, PluginOptions, hookimpl
 from importhooks.units import parse_size
 
+from ._ovf_formats import disk_format_of, unit_bytes
+
 SECTION = "ovf"
 #: Largest descriptor parsed by default (real ones are a few KiB to a few 100 KiB).
 MAX_DESCRIPTOR_BYTES = 1 << 20
@@ -58,26 +60,7 @@ MAX_UINT64 = (1 << 64) - 1
 #: fragments and percent-escapes (a reader that decodes them sees another name).
 HREF_FORBIDDEN = frozenset("/\\:%?#")
 
-#: ``ovf:format`` URIs (lower case, scheme and fragment removed) -> Glance disk_format.
-DISK_FORMAT_URIS = {
-    "www.vmware.com/interfaces/specifications/vmdk.html": "vmdk",
-    "www.vmware.com/specifications/vmdk.html": "vmdk",
-    "www.vmware.com/technical-resources/interfaces/vmdk_access.html": "vmdk",
-    "www.gnome.org/~markmc/qcow-image-format.html": "qcow2",
-    "people.gnome.org/~markmc/qcow-image-format.html": "qcow2",
-    "go.microsoft.com/fwlink/?linkid=137171": "vhd",
-    "technet.microsoft.com/en-us/library/bb676673.aspx": "vhd",
-    "technet.microsoft.com/en-us/virtualserver/bb676673.aspx": "vhd",
-    "www.microsoft.com/en-us/download/details.aspx?id=23850": "vhd",
-    "www.microsoft.com/en-us/download/details.aspx?id=34750": "vhdx",
-    "forums.virtualbox.org/viewtopic.php?t=8046": "vdi",
-    "www.ecma-international.org/publications/standards/ecma-119.htm": "iso",
-}
-#: Bare Glance disk_format names some tools write as ``ovf:format``.
-BARE_DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso"})
-
 _UINT = re.compile(r"[0-9]{1,20}", re.ASCII)
-_UNITS = re.compile(r"byte(?:\s*\*\s*(2|10)\s*\^\s*([0-9]{1,2}))?", re.ASCII | re.IGNORECASE)
 #: VMware's OVF extension namespace: VMware exports put the guest OS id in its ``osType``.
 VMWARE_NS = "http://www.vmware.com/schema/ovf"
 _TOKEN = re.compile(r"[A-Za-z0-9_.+-]{1,64}", re.ASCII)
@@ -113,7 +96,16 @@ CAPACITY = FindingCode(
 NO_DISK = FindingCode(
     "ovf.no_disk", "The OVF descriptor describes no disk.",
     "The descriptor has no DiskSection, or one without a Disk: there is nothing to import.")
-CODES = (DTD, ENTITIES, EXTERNAL, MALFORMED, HREF, REFERENCE, CAPACITY, NO_DISK)
+AMBIGUOUS = FindingCode(
+    "ovf.ambiguous", "The OVF descriptor says one thing in two different ways.",
+    "OVF readers would take different values: an attribute the parser reads (href, id, size, fileRef, "
+    "format, capacity ...) is repeated in another namespace on the same element; a References, File, "
+    "DiskSection, Disk or OperatingSystemSection element is in the other OVF version's namespace or in none; "
+    "or two OperatingSystemSections, or ovf:osType and vmw:osType, name different guests (VMware tools read "
+    "vmw:osType, others the OVF attribute).")
+CODES = (DTD, ENTITIES, EXTERNAL, MALFORMED, HREF, REFERENCE, CAPACITY, NO_DISK, AMBIGUOUS)
+#: Elements the parser reads: a copy in another namespace is what a namespace-blind reader reads too.
+READ_ELEMENTS = ("References", "File", "DiskSection", "Disk", "OperatingSystemSection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,9 +166,16 @@ def parse_descriptor(data: bytes, *, max_files: int = DEFAULT_MAX_FILES, max_dis
         raise OvfError(MALFORMED, f"the descriptor is {len(data)} bytes, over the limit of {max_bytes}")
     root = _parse_xml(data)
     ns = _envelope_namespace(root)
+    xinclude = tuple(f"{{{x}}}" for x in XINCLUDE_NAMESPACES)
+    elsewhere = {f"{{{other}}}{name}" if other else name for other in (*OVF_NAMESPACES, "") if other != ns
+                 for name in READ_ELEMENTS}
     for element in root.iter():
-        if isinstance(element.tag, str) and element.tag.startswith(tuple(f"{{{x}}}" for x in XINCLUDE_NAMESPACES)):
+        if not isinstance(element.tag, str):
+            continue
+        if element.tag.startswith(xinclude):
             raise OvfError(EXTERNAL, f"XInclude element {_show(element.get('href'))}")
+        if element.tag in elsewhere:
+            raise OvfError(AMBIGUOUS, f"element {_show(element.tag)} outside the Envelope's namespace")
     files = _files(root, ns, max_files)
     disks = _disks(root, ns, files, max_disks)
     return OvfDescriptor(files, disks, _os_type(root, ns))
@@ -233,10 +232,13 @@ def _envelope_namespace(root: Element) -> str:
 
 def _attr(element: Element, ns: str, name: str) -> str | None:
     """``ovf:NAME`` of ``element``; an unqualified ``NAME`` beside it is refused as ambiguous."""
+    local = str(element.tag).rpartition("}")[2]
     if name in element.attrib:
-        local = str(element.tag).rpartition("}")[2]
         raise OvfError(MALFORMED, f"attribute {name!r} of {local} is not in the OVF namespace")
-    return element.get(f"{{{ns}}}{name}")
+    qualified = f"{{{ns}}}{name}"
+    if any(key.endswith(f"}}{name}") and key != qualified for key in element.attrib):
+        raise OvfError(AMBIGUOUS, f"attribute {name!r} of {local} in two namespaces")
+    return element.get(qualified)
 
 
 def _section(root: Element, ns: str, name: str) -> list[Element]:
@@ -344,38 +346,24 @@ def _capacity(element: Element, ns: str, disk_id: str) -> int | None:
     return value * unit
 
 
-def unit_bytes(units: str) -> int | None:
-    """Bytes per unit of an ``ovf:capacityAllocationUnits`` value (``byte * 2^30``), None if unknown."""
-    match = _UNITS.fullmatch(units.strip(" \t\r\n"))
-    if match is None:
-        return None
-    if match[1] is None:
-        return 1
-    base, exponent = int(match[1]), int(match[2])
-    if exponent > (63 if base == 2 else 19):
-        return None
-    return int(base**exponent)
-
-
-def disk_format_of(uri: str) -> str | None:
-    """The Glance disk_format an ``ovf:format`` URI means, or None if it is not a known one."""
-    text = uri.strip(" \t\r\n").lower()
-    for scheme in ("http://", "https://"):
-        if text.startswith(scheme):
-            return DISK_FORMAT_URIS.get(text[len(scheme):].partition("#")[0])
-    return text if text in BARE_DISK_FORMATS else None
-
-
 def _os_type(root: Element, ns: str) -> str | None:
-    section = next(root.iter(f"{{{ns}}}OperatingSystemSection"), None)
-    if section is None:
-        return None
-    for name in (f"{{{ns}}}osType", f"{{{VMWARE_NS}}}osType", f"{{{ns}}}id"):
-        value = section.get(name)
-        if value is not None:
-            value = value.strip()
-            return value if _TOKEN.fullmatch(value) else None
-    return None
+    """The guest of the OperatingSystemSections: every one, and every attribute naming it, must agree."""
+    found: dict[str, str] = {}
+    for section in root.iter(f"{{{ns}}}OperatingSystemSection"):
+        named = {value.strip() for value in (section.get(f"{{{ns}}}osType"), section.get(f"{{{VMWARE_NS}}}osType"))
+                 if value is not None}
+        if len(named) > 1:
+            raise OvfError(AMBIGUOUS, f"ovf:osType and vmw:osType name different guests: "
+                                      f"{', '.join(_show(value) for value in sorted(named))}")
+        value = next(iter(named), None) if named else section.get(f"{{{ns}}}id")
+        if value is None:
+            continue
+        found.setdefault(value.strip().casefold(), value.strip())
+        if len(found) > 1:
+            raise OvfError(AMBIGUOUS, f"OperatingSystemSections name different guests: "
+                                      f"{', '.join(_show(value) for value in found.values())}")
+    guest = next(iter(found.values()), None)
+    return guest if guest is not None and _TOKEN.fullmatch(guest) else None
 
 
 def _bounded(low: int, high: int, *, size: bool = False) -> Callable[[object], int]:

@@ -18,18 +18,25 @@ stricter:
 * device nodes, FIFOs and sockets (``tar.special_file``);
 * a name used twice (compared normalised: ``./a`` is ``a``), a member replacing a
   directory an earlier member implied, a file used as a directory
-  (``tar.duplicate``); only a directory may repeat a directory;
+  (``tar.duplicate``); only a directory may repeat a directory. Names are also
+  compared as Windows and macOS compare them (case, Unicode normal form, trailing
+  dots and spaces ignored): ``VM.VMDK`` after ``vm.vmdk`` replaces it there;
 * more members than ``max_members``, more bytes in total than ``max_total_size``,
   GNU sparse members (``tar.too_many_members``, ``tar.too_large``, ``tar.sparse``);
 * empty, over-long or undecodable names (``tar.bad_name``);
-* set-user-ID, set-group-ID and world-writable modes, and backslashes in names or
-  link targets, are warnings (``tar.mode``, ``tar.backslash``): nothing is
+* names Windows reads as climbing out or absolute (``..\\x``, ``.. /x``, ``\\x``,
+  ``C:x``: ``tar.dotdot``, ``tar.absolute_name``); a name that is another member's once
+  ``\\`` is a separator is ``tar.duplicate``;
+* set-user-ID, set-group-ID and world-writable modes, and other backslashes in names
+  or link targets, are warnings (``tar.mode``, ``tar.backslash``): nothing is
   extracted, so they harm nothing here, but they show how the archive was made.
 """
 
 from __future__ import annotations
 
 import enum
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,11 +49,13 @@ def _code(name: str, summary: str, help_text: str, severity: Severity = Severity
 
 ABSOLUTE_NAME = _code(
     "absolute_name", "The archive holds a file with an absolute path.",
-    "A member name starting with '/' would be written outside the extraction directory by a naive tool.")
+    "A member name starting with '/' would be written outside the extraction directory by a naive tool; so "
+    "would one starting with '\\' or a drive letter ('C:') on Windows.")
 DOTDOT = _code(
     "dotdot", "The archive holds a file whose path contains '..'.",
     "A '..' path component climbs out of the extraction directory (also when set by a PAX 'path' record or a "
-    "GNU long name). Any '..' is refused, even one that would stay inside.")
+    "GNU long name, or when '\\' separates it, as on Windows). Any '..' is refused, even one that would stay "
+    "inside.")
 LINK_ESCAPE = _code(
     "link_escape", "The archive holds a link that points outside the archive.",
     "A symbolic link is absolute, or leaves the archive's root once resolved through the archive's other "
@@ -62,7 +71,8 @@ DUPLICATE = _code(
     "duplicate", "The archive holds two members with the same name.",
     "A later member with the name of an earlier one (compared after normalisation: './a' is 'a') replaces it "
     "on extraction, so tools disagree on what the archive holds; so does a member that replaces a directory "
-    "an earlier member implied, or a file used as a directory. Only directories may repeat.")
+    "an earlier member implied, or a file used as a directory. Names that differ only in case, Unicode normal "
+    "form or trailing dots and spaces are one name on Windows and macOS. Only directories may repeat.")
 TOO_MANY_MEMBERS = _code(
     "too_many_members", "The archive holds too many files.",
     "The archive has more members than the ova plugin's max_members option allows; an OVA holds a few.")
@@ -96,6 +106,7 @@ CODES = (ABSOLUTE_NAME, DOTDOT, LINK_ESCAPE, THROUGH_SYMLINK, SPECIAL_FILE, DUPL
 #: Components processed while resolving one link, at most (bounds the cost of crafted link chains).
 RESOLVE_STEPS = 4096
 _SETID = 0o6000
+_DRIVE = re.compile(r"[A-Za-z]:")
 _WORLD_WRITABLE = 0o002
 
 
@@ -129,6 +140,16 @@ class Limits:
     allow_sparse: bool = False
 
 
+def fold(name: str) -> str:
+    """A name as a case-insensitive, normalising filesystem (Windows, macOS) sees it, for comparison only."""
+    folded = name.casefold() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+    if "\\" in folded:
+        folded = "/".join(part for part in folded.replace("\\", "/").split("/") if part not in ("", "."))
+    if ". " in folded or "./" in folded or " /" in folded or folded[-1:] in (".", " "):
+        folded = "/".join(part.rstrip(". ") for part in folded.split("/"))
+    return folded
+
+
 def clip(text: object, limit: int = 120) -> str:
     """``repr`` of untrusted text, cut to about ``limit`` characters, for finding details."""
     shown = repr(text)
@@ -151,6 +172,8 @@ class TarRules:
         self._kinds: dict[str, Kind] = {}
         self._implied: set[str] = set()
         self._symlinks: dict[str, str] = {}  # normalised name -> raw target
+        self._folded: dict[str, tuple[str, Kind]] = {}  # fold(name) -> first name and kind
+        self._folded_implied: dict[str, str] = {}  # fold(implied directory) -> its name
         self.warnings: dict[FindingCode, tuple[int, str]] = {}
 
     def _warn(self, code: FindingCode, detail: str) -> None:
@@ -185,8 +208,8 @@ class TarRules:
             raise Violation(BAD_NAME, f"member {count}: name {clip(raw_name)} is empty or not UTF-8")
         if len(raw_name) > limits.max_name_length:
             raise Violation(BAD_NAME, f"member {count}: name of {len(raw_name)} characters {clip(raw_name)}")
-        if "\\" in raw_name:
-            self._warn(BACKSLASH, f"name {clip(raw_name)}")
+        if "\\" in raw_name or raw_name[1:2] == ":" or ". " in raw_name or "..." in raw_name:
+            self._windows_name(raw_name)
         parts = self._split(raw_name, "name")
         name = "/".join(parts)
         if kind is Kind.SPECIAL:
@@ -208,6 +231,7 @@ class TarRules:
             self._check_parents(parts, raw_name)
         if name in self._kinds or (kind is not Kind.DIR and name in self._implied):
             self._check_name(name, kind, raw_name)
+        self._check_folded(name, kind, raw_name)
         if kind is Kind.SYMLINK:
             self._add_symlink(name, parts, link)
         elif kind is Kind.HARDLINK:
@@ -219,6 +243,16 @@ class TarRules:
         """The kind of the first member named ``name`` (normalised), if any."""
         return self._kinds.get(name)
 
+    def _windows_name(self, raw_name: str) -> None:
+        """A name as Windows reads it, where '\\' separates and 'C:' is a drive: no climbing out, no drive."""
+        parts = raw_name.replace("\\", "/").split("/")
+        if raw_name[:1] == "\\" or _DRIVE.match(parts[0]):
+            raise Violation(ABSOLUTE_NAME, f"{clip(raw_name)} is an absolute path on Windows")
+        if any(part.count(".") >= 2 and not part.strip(". ") for part in parts):  # Windows trims '.. ' to '..'
+            raise Violation(DOTDOT, f"'..' in name {clip(raw_name)} as Windows reads it")
+        if "\\" in raw_name:
+            self._warn(BACKSLASH, f"name {clip(raw_name)}")
+
     def _check_parents(self, parts: list[str], raw_name: str) -> None:
         prefix = ""
         for part in parts[:-1]:
@@ -228,6 +262,12 @@ class TarRules:
                 raise Violation(THROUGH_SYMLINK, f"{clip(raw_name)}: parent {clip(prefix)} is a symbolic link")
             if kind is not None and kind is not Kind.DIR:
                 raise Violation(DUPLICATE, f"{clip(raw_name)}: parent {clip(prefix)} is a {kind.value}")
+            folded = fold(prefix)
+            earlier = self._folded.get(folded)
+            if earlier is not None and earlier[1] is not Kind.DIR:
+                raise Violation(DUPLICATE, f"{clip(raw_name)}: parent {clip(prefix)} is the {earlier[1].value} "
+                                           f"{clip(earlier[0])} where names ignore case")
+            self._folded_implied.setdefault(folded, prefix)
             self._implied.add(prefix)
 
     def _check_name(self, name: str, kind: Kind, raw_name: str) -> None:
@@ -237,13 +277,29 @@ class TarRules:
         if kind is not Kind.DIR and name in self._implied:
             raise Violation(DUPLICATE, f"{clip(raw_name)}: a {kind.value} replaces a directory of earlier members")
 
+    def _check_folded(self, name: str, kind: Kind, raw_name: str) -> None:
+        """Two names one to Windows or macOS: only directories may share one."""
+        folded = fold(name)
+        earlier_name, earlier_kind = self._folded.setdefault(folded, (name, kind))
+        if earlier_name != name and not (earlier_kind is Kind.DIR and kind is Kind.DIR):
+            raise Violation(DUPLICATE, f"{clip(raw_name)}: the same name as the {earlier_kind.value} "
+                                       f"{clip(earlier_name)} where names ignore case")
+        implied = self._folded_implied.get(folded)
+        if kind is not Kind.DIR and implied is not None and implied != name:
+            raise Violation(DUPLICATE, f"{clip(raw_name)}: the same name as the directory {clip(implied)} "
+                                       "where names ignore case")
+
     def _check_link_text(self, link: object, what: str) -> str:
-        """A link target that is text, not empty, not too long (backslashes warned about)."""
+        """A link target that is text, not empty, not too long, not escaping on Windows (backslashes warned about)."""
         if not isinstance(link, str) or not link:
             raise Violation(LINK_ESCAPE, f"{what}: target {clip(link)} empty or not UTF-8")
         if len(link) > self.limits.max_name_length:
             raise Violation(BAD_NAME, f"{what}: target of {len(link)} characters {clip(link)}")
-        if "\\" in link:
+        if "\\" in link:  # a separator on Windows: there, no '..' and no root or drive
+            parts = link.replace("\\", "/").split("/")
+            if link[:1] in ("\\", "/") or _DRIVE.match(parts[0]) or any(
+                    part.count(".") >= 2 and not part.strip(". ") for part in parts):
+                raise Violation(LINK_ESCAPE, f"{what}: target {clip(link)} leaves the archive as Windows reads it")
             self._warn(BACKSLASH, f"link target {clip(link)}")
         return link
 

@@ -91,6 +91,7 @@ def test_benign_qcow2_ova_with_links_and_directories(ova_settings, workdir, tmp_
         o.symlink("latest", "extras/docs"),
         o.symlink("readme", "latest/README"),
         o.directory("./extras"),  # a directory may repeat
+        o.directory("EXTRAS"),  # even in another case
         o.regular("vm.mf", o.manifest({"vm.ovf": descriptor, "disk.qcow2": qcow2}, "SHA1")),
     ])
     result = audit(ova_settings, path, workdir, disk_format="qcow2")
@@ -148,6 +149,8 @@ def test_undecodable_name_is_a_bad_name(ova_settings, workdir, tmp_path, vmdk):
      "tar.link_escape"),
     ("allow_sparse", True, [o.sparse_pax("huge", 1 << 50)], "tar.too_large"),
     ("max_name_length", 20, [o.symlink("l", "x/" * 20)], "tar.bad_name"),
+    ("max_header_bytes", "1KiB", [o.regular("notes", b"x", pax={"comment": "c" * 1100})], "tar.header_too_large"),
+    ("max_trailing_bytes", "8KiB", [o.Member(None, raw=bytes(16 << 10))], "tar.trailing_data"),
 ])
 def test_limits_are_options(ova_settings, workdir, tmp_path, vmdk, option, value, extra, code):
     pack = o.package(vmdk)
@@ -180,7 +183,7 @@ def test_small_sparse_member_is_accepted_when_allowed(ova_settings, workdir, tmp
 def test_modes_and_backslashes_are_warnings(ova_settings, workdir, tmp_path, vmdk):
     pack = o.package(vmdk)
     pack.extra = [o.regular("tool", b"x", mode=0o4755), o.regular("shared", b"x", mode=0o666),
-                  o.regular("..\\..\\evil", b"x"), o.symlink("win", "..\\x")]
+                  o.regular("docs\\evil", b"x"), o.symlink("win", "docs\\x")]
     result = audit(ova_settings, pack.write(tmp_path / "x.ova"), workdir)
     assert result.verdict is Verdict.ACCEPT
     assert sorted(codes(result)) == ["ova.unreferenced_member", "tar.backslash", "tar.mode"]

@@ -539,7 +539,7 @@ def test_os_type(section, expected):
 def test_declares_every_code_and_no_stage_hooks():
     assert {c.code for c in ovf.importhooks_finding_codes()} == {
         "ovf.dtd", "ovf.entities", "ovf.external", "ovf.malformed", "ovf.href", "ovf.reference",
-        "ovf.capacity", "ovf.no_disk"}
+        "ovf.capacity", "ovf.no_disk", "ovf.ambiguous"}
     assert not [name for name in dir(ovf) if name.startswith("importhooks_")
                 and name not in ("importhooks_finding_codes", "importhooks_plugin_options")]
     assert "importhooks_plugins.ovf" in DEFAULT_PLUGINS
