@@ -6,7 +6,9 @@ copies only the non-zero chunks, so a 300 MiB XFS partition stays sparse.
 
 System packages (Debian), beside those of :mod:`tests.disk_builders`: util-linux (``mkswap``),
 btrfs-progs (``mkfs.btrfs``), udftools (``mkudffs``), fdisk (``fdisk -b 4096`` for a GPT of
-4096-byte sectors).
+4096-byte sectors, ``sfdisk --label-nested dos`` for hybrid MBRs), genisoimage (``genisoimage -udf``:
+UDF-bridge media like Windows', which xorriso cannot make), udfclient (writes files into a UDF image
+without mounting it).
 """
 
 from __future__ import annotations
@@ -148,4 +150,144 @@ def refs_volume(path: Path, size: int = 8 * MIB) -> Path:
     with open(path, "wb") as handle:
         handle.truncate(size)
         handle.write(boot)
+    return path
+
+
+# --- disks whose partition tables disagree -------------------------------------------------------
+
+NTFS_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+
+
+def gpt_with_nested_mbr(path: Path, mbr_lines: list[str], *, size: int = 40 * MIB) -> Path:
+    """A GPT (``sfdisk``) of one ext4 partition at 1 MiB, whose sector 0 is then rewritten by
+    ``sfdisk --label-nested dos`` with ``mbr_lines`` (no ``type=ee`` line: no protective entry)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=f"label: gpt\nstart=2048, size={SIZE['ext4'] // 512}, type={LINUX_FS_GUID}\n".encode())
+    splice(path, MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    run("sfdisk", "--label-nested", "dos", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=("\n".join(mbr_lines) + "\n").encode())
+    return path
+
+
+def gpt_two_sector_sizes(path: Path) -> Path:
+    """Two GPTs on one disk: ``fdisk -b 4096`` makes one of 4096-byte sectors (NTFS at 1 MiB), then
+    ``sgdisk -j 64`` one of 512-byte sectors whose entries array is moved to sector 64 so that the
+    4096-byte GPT's header (byte 4096) and entries (byte 8192) survive (ext4 at 16 MiB)."""
+    gpt_4k_disk(path, "ntfs")
+    with open(path, "r+b") as handle:
+        handle.truncate(32 * MIB)
+    before = path.read_bytes()[4096 : 8192 + 16384]
+    run("sgdisk", "-j", "64", "-n", f"1:32768:+{SIZE['ext4'] // 1024}K", "-t", "1:8300", str(path))
+    assert path.read_bytes()[4096 : 8192 + 16384] == before, "sgdisk overwrote the 4096-byte GPT"
+    splice(path, 16 * MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    return path
+
+
+def gpt_backup_from(path: Path, other: Path) -> Path:
+    """Replace ``path``'s backup GPT (its last 33 sectors) by ``other``'s, both ``sfdisk`` disks of one
+    size: each GPT stays valid on its own, and the backup lists what ``other`` lists."""
+    size = path.stat().st_size
+    assert other.stat().st_size == size
+    with open(other, "rb") as handle:
+        handle.seek(size - 33 * 512)
+        backup = handle.read()
+    with open(path, "r+b") as handle:
+        handle.seek(size - 33 * 512)
+        handle.write(backup)
+    return path
+
+
+def superfloppy_with_gpt(path: Path, size: int = 32 * MIB) -> Path:
+    """An NTFS volume over the whole disk (``mkntfs``, sector 0 its boot sector, no protective MBR)
+    whose sectors 1-33 and last 33 sectors hold a GPT made by ``sfdisk`` for the same size: one ext4
+    partition at 16 MiB. A reader of the table sees ext4; a reader of the whole disk, NTFS."""
+    table = path.with_name(f"{path.name}.gpt")
+    with open(table, "wb") as handle:
+        handle.truncate(size)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(table),
+        stdin=f"label: gpt\nstart=32768, size={SIZE['ext4'] // 512}, type={LINUX_FS_GUID}\n".encode())
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run(*MKFS["ntfs"], str(path))
+    data = table.read_bytes()
+    with open(path, "r+b") as handle:
+        for offset in (512, size - 33 * 512):
+            handle.seek(offset)
+            handle.write(data[offset : offset + 33 * 512])
+    splice(path, 16 * MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    return path
+
+
+def extended_disk_with_ntfs_in_ebr_slot_3(path: Path) -> Path:
+    """An MBR disk (``sfdisk``): an extended partition at sector 2048 holding one ext4 logical partition;
+    then the first EBR's third entry is made to point at an NTFS volume later in the extended partition.
+    Windows reads an EBR's first two entries; Linux reads all four."""
+    with open(path, "wb") as handle:
+        handle.truncate(40 * MIB)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=b"label: dos\nstart=2048, size=79872, type=5\nstart=4096, size=16384, type=83\n")
+    splice(path, 4096 * 512, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    splice(path, 24576 * 512, filesystem_file(path.with_name(f"{path.name}.ntfs"), "ntfs"))
+    with open(path, "r+b") as handle:
+        handle.seek(2048 * 512 + 446 + 32)
+        handle.write(struct.pack("<B3xB3xII", 0, 0x07, 24576 - 2048, SIZE["ntfs"] // 512))
+    return path
+
+
+# --- installation media ----------------------------------------------------------------------
+
+#: The files of a Windows installation medium's tree that are Windows evidence, and a README.
+WINDOWS_MEDIA_FILES = ("README.TXT", "bootmgr", "efi/microsoft/boot/bcd", "sources/install.wim")
+
+
+def media_tree(root: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES) -> Path:
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x" * 100)
+    return root
+
+
+def xorriso_media(path: Path, tree: Path, *extra: str) -> Path:
+    """An ISO 9660 image with Joliet and Rock Ridge names (``xorriso -as mkisofs -J -R``)."""
+    run("xorriso", "-as", "mkisofs", "-quiet", "-J", "-R", *extra, "-o", str(path), str(tree))
+    return path
+
+
+def udf_bridge(path: Path, tree: Path) -> Path:
+    """A UDF-bridge disc as Windows media are: ISO 9660 with Joliet and Rock Ridge names and a UDF
+    volume over the same files (``genisoimage -udf -J -R``)."""
+    run("genisoimage", "-quiet", "-udf", "-J", "-R", "-o", str(path), str(tree))
+    return path
+
+
+def hide_from_iso9660(path: Path, names: tuple[str, ...]) -> Path:
+    """Rename ``names`` in the ISO 9660, Joliet and Rock Ridge trees of an image (their first letter
+    becomes ``q``), leaving UDF's identifiers: what ISO readers list then differs from what Windows,
+    reading UDF, lists."""
+    data = path.read_bytes()
+    for name in names:
+        upper, hidden = name.upper().encode(), b"Q" + name.upper().encode()[1:]
+        for old, new in ((upper + b".;1", hidden + b".;1"), (upper + b";1", hidden + b";1"),
+                         (bytes([len(upper[:8])]) + upper[:8], bytes([len(upper[:8])]) + hidden[:8])):
+            data = data.replace(old, new)
+        data = data.replace(name.encode("utf-16-be"), ("q" + name[1:]).encode("utf-16-be"))
+        nm = b"NM" + bytes([5 + len(name), 1, 0])
+        data = data.replace(nm + name.encode(), nm + b"q" + name.encode()[1:])
+    path.write_bytes(data)
+    return path
+
+
+def udf_media(path: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: int = 8 * MIB) -> Path:
+    """A UDF volume (``mkudffs``, 512-byte blocks) with ``files`` written by ``udfclient``, which
+    writes to an image file without mounting it."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run("mkudffs", "--media-type=hd", "--blocksize=512", "--uuid=0123456789abcdef", "--label=MEDIA", str(path))
+    source = media_tree(path.with_name(f"{path.name}.tree"), files)
+    volume = "0123456789abcdefLinuxUDF:MEDIA:MEDIA:LinuxUDF"
+    tops = sorted({name.split("/", 1)[0] for name in files})
+    commands = [f"cd {volume}", f"lcd {source}", f"mput {' '.join(tops)}"]
+    run("udfclient", "-W", str(path), stdin=("\n".join([*commands, "quit"]) + "\n").encode())
     return path

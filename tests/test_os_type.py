@@ -267,3 +267,64 @@ def test_an_ova_whose_descriptor_names_a_windows_guest(settings, tmp_path, guest
     if verdict is Verdict.REJECT:
         detail = next(f.detail for f in result.findings if f.code == "os_type.mismatch")
         assert "OVF descriptor: guest 'win" in (detail or "")
+
+
+# --- issue 11: tables that disagree, Windows installation media ------------------------------------
+
+
+def _mismatch_detail(result) -> str:
+    return next(f.detail for f in result.findings if f.code == "os_type.mismatch") or ""
+
+
+def test_ntfs_only_the_mbr_lists_beside_a_gpt_is_rejected_through_qcow2(settings, tmp_path):
+    """A GPT of ext4 and an MBR without protective entry (firmware, Linux and Windows use it) listing NTFS."""
+    raw = gi.gpt_with_nested_mbr(tmp_path / "d.raw", ["start=18432, size=16384, type=7"])
+    gi.splice(raw, 18432 * 512, gi.filesystem_file(tmp_path / "n.fs", "ntfs"))
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "d.qcow2"), "os_type.mismatch", os_type="linux")
+    assert "MBR partition 1: ntfs" in _mismatch_detail(result) and result.detected["filesystems"] == ["ext4", "ntfs"]
+    assert "partition.tables_disagree" in codes(result)
+
+
+def test_ntfs_in_the_4096_byte_gpt_beside_a_512_byte_one_is_rejected(settings, tmp_path):
+    raw = gi.gpt_two_sector_sizes(tmp_path / "d.raw")
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "d.qcow2"), "os_type.mismatch", os_type="linux")
+    assert "GPT 4096 partition 1: ntfs" in _mismatch_detail(result)
+
+
+def test_ntfs_superfloppy_under_a_gpt_is_rejected(settings, tmp_path):
+    """Raw, the disk_format plugin already rejects the GPT without protective MBR; inside qcow2 os_type must."""
+    raw = gi.superfloppy_with_gpt(tmp_path / "d.raw")
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "d.qcow2"), "os_type.mismatch", os_type="linux")
+    assert "whole disk: ntfs" in _mismatch_detail(result)
+    assert "os_type" not in result.properties and "partition.whole_disk_filesystem" in codes(result)
+
+
+@pytest.mark.parametrize("disk_format", ["iso", "qcow2"])
+def test_windows_media_claimed_linux_are_rejected(settings, tmp_path, disk_format):
+    """A UDF bridge whose ISO 9660 trees show only a README: Windows reads the UDF part."""
+    image = gi.hide_from_iso9660(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")),
+                                 ("bootmgr", "sources", "efi", "install.wim", "microsoft"))
+    path = image if disk_format == "iso" else convert(image, "qcow2", tmp_path / "w.qcow2")
+    result = rejected_with(settings, path, "os_type.mismatch", os_type="linux", disk_format=disk_format)
+    assert "whole disk: Windows installation media (UDF: bootmgr, UDF: efi/microsoft/, UDF: sources/install.wim)" \
+        in _mismatch_detail(result)
+    assert result.detected["os_type_detected"] == "windows"
+
+
+def test_windows_media_in_a_hybrid_iso_with_a_gpt_claimed_linux_are_rejected(settings, tmp_path):
+    efi = gi.filesystem_file(tmp_path / "efi.img", "vfat")
+    image = gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t"), "-append_partition", "2", "0xef",
+                             str(efi), "-appended_part_as_gpt")
+    result = rejected_with(settings, image, "os_type.mismatch", os_type="linux", disk_format="iso")
+    assert "Joliet: sources/install.wim" in _mismatch_detail(result)
+    assert result.detected["partition_table"] == "gpt" and "iso9660" in result.detected["filesystems"]
+
+
+def test_windows_media_claimed_windows_and_linux_media_claimed_linux_are_accepted(settings, tmp_path):
+    windows = gi.udf_media(tmp_path / "w.udf")
+    result = audit(settings, windows, os_type="windows")
+    assert result.verdict is Verdict.ACCEPT and result.properties["os_type"] == "windows"
+    linux = gi.xorriso_media(tmp_path / "l.iso", gi.media_tree(tmp_path / "t", ("README.TXT", "efi/boot/bootx64.efi")))
+    result = audit(settings, linux, os_type="linux", disk_format="iso")
+    assert result.verdict is Verdict.ACCEPT and result.properties["os_type"] == "linux"
+    assert [f.code for f in result.findings if f.code.startswith("os_type.")] == ["os_type.unverified"]

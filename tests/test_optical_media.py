@@ -1,0 +1,139 @@
+"""Windows installation media (issue 11): Windows boot and setup files seen by any ISO 9660, Joliet,
+Rock Ridge or UDF reader of an image are Windows evidence.
+
+Media are made by ``xorriso`` (ISO 9660 + Joliet + Rock Ridge), ``genisoimage -udf`` (a UDF bridge, as
+Windows media are) and ``mkudffs`` + ``udfclient`` (UDF alone, files written without mounting);
+:func:`tests.guest_images.hide_from_iso9660` then renames the files in the ISO 9660 trees only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from importhooks_plugins._filesystems import os_evidence
+from importhooks_plugins._guest_layout import READ_CAP, read_layout
+from importhooks_plugins._optical_media import MAX_DIRECTORIES
+
+from . import disk_builders as db
+from . import guest_images as gi
+from .test_guest_layout import layout_of, problem_codes
+
+ALL = ("bootmgr", "efi/microsoft/", "sources/install.wim")
+HIDE = ("bootmgr", "sources", "efi", "install.wim", "microsoft")
+
+
+def test_iso_with_joliet_and_rock_ridge_names(tmp_path: Path) -> None:
+    layout = layout_of(gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")))
+    assert layout.partition_table == "none" and layout.filesystem == "iso9660" and layout.problems == ()
+    assert layout.windows_media == tuple(f"{tree}: {path}" for tree in ("ISO 9660", "Joliet") for path in ALL)
+    (evidence,) = os_evidence(layout).windows
+    assert evidence.startswith("whole disk: Windows installation media (ISO 9660: bootmgr, ")
+
+
+def test_install_esd_is_evidence_too(tmp_path: Path) -> None:
+    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.esd"))
+    layout = layout_of(gi.xorriso_media(tmp_path / "w.iso", tree, "-joliet-long"))
+    assert layout.windows_media == ("ISO 9660: sources/install.esd", "Joliet: sources/install.esd")
+
+
+def test_udf_bridge_is_read_through_all_three_trees(tmp_path: Path) -> None:
+    layout = layout_of(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")))
+    assert layout.filesystem == "udf" and layout.problems == ()
+    assert layout.windows_media == tuple(f"{tree}: {path}" for tree in ("ISO 9660", "Joliet", "UDF") for path in ALL)
+
+
+def test_files_only_udf_lists_are_found(tmp_path: Path) -> None:
+    """The ISO 9660, Joliet and Rock Ridge trees show a README and renamed files; Windows reads UDF."""
+    image = gi.hide_from_iso9660(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")), HIDE)
+    listing = db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
+    assert "README.TXT" in listing and "bootmgr" not in listing and "sources" not in listing
+    layout = layout_of(image)
+    assert layout.windows_media == tuple(f"UDF: {path}" for path in ALL)
+    assert os_evidence(layout).detected == "windows"
+
+
+def test_rock_ridge_names_alone_are_read(tmp_path: Path) -> None:
+    """Without Joliet, and ISO 9660 names renamed: only the Rock Ridge NM names say bootmgr."""
+    image = tmp_path / "w.iso"
+    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(gi.media_tree(tmp_path / "t")))
+    data = image.read_bytes()
+    image.write_bytes(data.replace(b"BOOTMGR.;1", b"QOOTMGR.;1").replace(b"BOOTMGR;1", b"QOOTMGR;1"))
+    assert "ISO 9660: bootmgr" in layout_of(image).windows_media
+
+
+def test_udf_alone_written_by_udfclient(tmp_path: Path) -> None:
+    layout = layout_of(gi.udf_media(tmp_path / "w.udf"))
+    assert layout.filesystem == "udf" and layout.problems == ()
+    assert layout.windows_media == tuple(f"UDF: {path}" for path in ALL)
+
+
+def test_linux_media_are_not_windows_evidence(tmp_path: Path) -> None:
+    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "efi/boot/bootx64.efi", "boot/grub/grub.cfg",
+                                          "casper/vmlinuz", "sources.list"))
+    for image in (gi.xorriso_media(tmp_path / "l.iso", tree), gi.udf_bridge(tmp_path / "l.udf", tree)):
+        layout = layout_of(image)
+        assert layout.windows_media == () and layout.problems == () and os_evidence(layout).detected == "unknown"
+
+
+def test_hybrid_iso_with_a_gpt_is_read_at_the_whole_disk(tmp_path: Path) -> None:
+    """A GPT in the system area (xorriso ``-appended_part_as_gpt``) lists no partition at sector 0: the
+    ISO 9660 filesystem there is probed as the whole disk's."""
+    efi = tmp_path / "efi.img"
+    with open(efi, "wb") as handle:
+        handle.truncate(1440 << 10)
+    db.run("mkfs.vfat", str(efi))
+    image = gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t"), "-append_partition", "2",
+                             "0xef", str(efi), "-appended_part_as_gpt")
+    layout = layout_of(image)
+    assert layout.partition_table == "gpt" and layout.filesystem == "iso9660"
+    assert "vfat" in [p.filesystem for p in layout.partitions]
+    assert "partition.whole_disk_filesystem" not in problem_codes(layout)
+    assert "ISO 9660: sources/install.wim" in layout.windows_media and os_evidence(layout).detected == "windows"
+
+
+def test_too_many_directories_is_a_problem(tmp_path: Path) -> None:
+    """Many directories all named ``sources``, by Rock Ridge, each looked into: the cap stops the walk."""
+    tree = tmp_path / "t"
+    for number in range(MAX_DIRECTORIES + 2):
+        (tree / f"dir{number:04}").mkdir(parents=True)
+        (tree / f"dir{number:04}" / "x").write_bytes(b"x")
+    image = tmp_path / "w.iso"
+    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(tree))
+    data = image.read_bytes()
+    for number in range(MAX_DIRECTORIES + 2):  # Rock Ridge NM names dir0000... become "sources"
+        old = b"NM\x0c\x01\x00" + f"dir{number:04}".encode()
+        assert old in data
+        data = data.replace(old, b"NM\x0c\x01\x00sources")
+    image.write_bytes(data)
+    layout = layout_of(image)
+    assert "media.directories" in problem_codes(layout)
+
+
+@pytest.fixture(scope="module")
+def bridge_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    base = tmp_path_factory.mktemp("bridge")
+    return gi.udf_bridge(base / "w.iso", gi.media_tree(base / "t")).read_bytes()
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(32 << 10, (64 << 10) - 1) | st.integers(0, 600 << 10),
+                                st.binary(min_size=1, max_size=8)), min_size=1, max_size=10))
+def test_fuzz_media_never_raises_nor_reads_past_the_cap(bridge_bytes: bytes, edits: list[tuple[int, bytes]]) -> None:
+    data = bytearray(bridge_bytes)
+    for offset, blob in edits:
+        data[offset : offset + len(blob)] = blob
+    del data[len(bridge_bytes) :]
+    total = 0
+
+    def read(offset: int, length: int) -> bytes:
+        nonlocal total
+        assert 0 <= offset and 0 < length and offset + length <= len(data)
+        total += length
+        return bytes(data[offset : offset + length])
+
+    layout = read_layout(read, len(data), cap=1 << 20)
+    assert total == layout.bytes_read <= min(READ_CAP, 1 << 20)
+    assert all(entry.split(": ", 1)[1] in (*ALL, "sources/install.esd") for entry in layout.windows_media)
