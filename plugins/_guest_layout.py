@@ -180,6 +180,44 @@ def _probe_all(reader: _Reader, parts: list[Partition],
     return probed
 
 
+@dataclass
+class _Quiet:
+    """The layout reader without its problems: for a reading of the disk that may well be wrong."""
+
+    inner: _Reader
+
+    @property
+    def disk_size(self) -> int:
+        return self.inner.disk_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.inner.read(offset, size)
+
+    def problem(self, code: str, detail: str) -> None:
+        pass
+
+
+def _mbr_4096(reader: _Reader, sector0: bytes, beside_gpt: bool, known: list[Partition],
+              prefetch: Callable[[list[tuple[int, int]]], None] | None) -> list[Partition]:
+    """The MBR read as a disk of 4096-byte logical sectors (4Kn) reads it; a partition of that reading is
+    kept where a filesystem is found at a start no other table gives (``partition.mbr_sector_size``)."""
+    quiet = _Quiet(reader)
+    starts = {p.start for p in known}
+    candidates = [p for p in read_mbr(quiet, sector0, beside_gpt=beside_gpt, sector=4096)
+                  if p.start not in starts and p.start < reader.disk_size]
+    if prefetch is not None and candidates:
+        prefetch([(p.start, min(p.size, PROBE_SPAN)) for p in candidates])
+    found = []
+    for part in candidates:
+        fs = probe(quiet, part.start, part.size, f"partition {part.index}")
+        if fs is not None:
+            found.append(replace(part, filesystem=fs, windows_media=_media(reader, part.start, fs)))
+    if found:
+        reader.problem("partition.mbr_sector_size", "read with 4096-byte sectors, the MBR points at filesystems "
+                       "too: " + ", ".join(f"partition {p.index} ({p.filesystem})" for p in found))
+    return found
+
+
 def _media(reader: _Reader, base: int, filesystem: str | None) -> tuple[str, ...]:
     """An ISO 9660 or UDF filesystem is read from its start to the disk's end, as a whole-disk reader would."""
     return windows_setup_files(reader, base, reader.disk_size - base) if filesystem in OPTICAL else ()
@@ -202,7 +240,8 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP,
         has_gpt, gpt = _gpts(reader, sector0)
         signed = sector0[510:512] == b"\x55\xaa"
         mbr: list[Partition] = []
-        if signed and (_is_mbr(sector0) or boot_sector_table(sector0)):
+        has_mbr = signed and (_is_mbr(sector0) or boot_sector_table(sector0))
+        if has_mbr:
             mbr = read_mbr(reader, sector0, beside_gpt=has_gpt)
             table = "mbr"
         if has_gpt:
@@ -210,6 +249,8 @@ def read_layout(read: Reader, disk_size: int, *, cap: int = READ_CAP,
         parts = _merge(reader, gpt, mbr)
         _check_ranges(reader, parts)
         parts = _probe_all(reader, parts, prefetch)
+        if has_mbr:
+            parts += _mbr_4096(reader, sector0, has_gpt, parts, prefetch)
         if not any(p.start == 0 for p in parts):
             whole = probe(reader, 0, reader.disk_size, "disk")
             media = _media(reader, 0, whole)

@@ -48,6 +48,10 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
     _code("partition.gpt_sector_sizes", "The disk has GPTs for two sector sizes.",
           "GPT headers at LBA 1 of both 512- and 4096-byte sectors: a disk presented with either sector size "
           "shows a different table. Both are read and every partition either lists is checked." + _WHY),
+    _code("partition.mbr_sector_size", "The MBR points at filesystems for two sector sizes.",
+          "Read as a disk of 4096-byte logical sectors reads it (4Kn), the MBR's entries point at "
+          "filesystems that the usual 512-byte reading does not: a disk presented with either sector size "
+          "shows different partitions. Both readings are checked." + _WHY),
     _code("partition.gpt_backup_differs", "The backup GPT lists partitions the primary does not.",
           "The backup GPT (at the primary's alternate LBA or in the last sector) is valid but lists "
           "partitions the primary does not; tools that read the backup see them. They are checked too."

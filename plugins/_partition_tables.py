@@ -57,7 +57,8 @@ class Partition:
 class TableReader(Protocol):
     """What the table readers need of the layout reader."""
 
-    disk_size: int
+    @property
+    def disk_size(self) -> int: ...
 
     def read(self, offset: int, size: int) -> bytes: ...
 
@@ -80,13 +81,15 @@ def has_protective_entry(sector0: bytes) -> bool:
 # --- MBR ---------------------------------------------------------------------------------------
 
 
-def read_mbr(reader: TableReader, sector0: bytes, *, beside_gpt: bool) -> list[Partition]:
+def read_mbr(reader: TableReader, sector0: bytes, *, beside_gpt: bool, sector: int = MBR_SECTOR) -> list[Partition]:
     """The primary entries, then the logical partitions of every extended partition's EBR chain.
 
     Beside a GPT, a protective entry (0xee) is the GPT's and is not returned; without one, it is
     returned with a ``partition.gpt_missing`` problem. An entry with a bad status byte is returned
-    too (with a ``partition.mbr_entry`` problem): some reader may still use it.
+    too (with a ``partition.mbr_entry`` problem): some reader may still use it. ``sector`` is the
+    logical sector size the entries count in (the table is labelled ``MBR 4096`` for 4096).
     """
+    table = "MBR" if sector == MBR_SECTOR else f"MBR {sector}"
     parts: list[Partition] = []
     extended: list[tuple[int, int]] = []
     for number, (status, ptype, first, count) in enumerate(mbr_entries(sector0), start=1):
@@ -106,14 +109,15 @@ def read_mbr(reader: TableReader, sector0: bytes, *, beside_gpt: bool) -> list[P
             if beside_gpt:
                 continue
             reader.problem("partition.gpt_missing", f"entry {number}: protective MBR entry but no GPT header")
-        parts.append(Partition(number, first * MBR_SECTOR, count * MBR_SECTOR, f"0x{ptype:02x}"))
+        parts.append(Partition(number, first * sector, count * sector, f"0x{ptype:02x}", table=table))
     seen: set[int] = set()
     for ext in extended:
-        _ebr_chain(reader, ext, parts, seen)
+        _ebr_chain(reader, ext, parts, seen, sector)
     return parts
 
 
-def _ebr_chain(reader: TableReader, extended: tuple[int, int], parts: list[Partition], seen: set[int]) -> None:
+def _ebr_chain(reader: TableReader, extended: tuple[int, int], parts: list[Partition], seen: set[int],
+               sector_size: int) -> None:
     """Every EBR reachable from the extended partition: each data entry is a logical partition."""
     ext_first, ext_count = extended
     queue = deque([ext_first])
@@ -126,7 +130,7 @@ def _ebr_chain(reader: TableReader, extended: tuple[int, int], parts: list[Parti
             reader.problem("partition.ebr_count", f"more than {MAX_EBR} logical partitions")
             return
         seen.add(ebr)
-        sector = reader.read(ebr * MBR_SECTOR, MBR_SECTOR)
+        sector = reader.read(ebr * sector_size, MBR_SECTOR)
         if len(sector) < MBR_SECTOR or sector[510:512] != b"\x55\xaa":
             reader.problem("partition.mbr_entry", f"EBR at sector {ebr}: no boot signature")
             continue
@@ -135,7 +139,8 @@ def _ebr_chain(reader: TableReader, extended: tuple[int, int], parts: list[Parti
                 continue
             if ptype not in MBR_EXTENDED:
                 index = 5 + sum(1 for p in parts if p.index >= 5)
-                parts.append(Partition(index, (ebr + first) * MBR_SECTOR, count * MBR_SECTOR, f"0x{ptype:02x}"))
+                parts.append(Partition(index, (ebr + first) * sector_size, count * sector_size, f"0x{ptype:02x}",
+                                       table="MBR" if sector_size == MBR_SECTOR else f"MBR {sector_size}"))
             elif first >= ext_count:
                 reader.problem("partition.past_end", f"EBR at sector {ebr}: next EBR outside the extended partition")
             else:

@@ -115,6 +115,17 @@ def gpt_4k_disk(path: Path, kind: str) -> int:
     return MIB
 
 
+def mbr_4k_disk(path: Path, kind: str) -> int:
+    """An MBR of 4096-byte logical sectors (``fdisk -b 4096``, a 4Kn disk's) with one partition at
+    LBA 256 (1 MiB; sector 256 is 128 KiB in 512-byte sectors) holding ``kind``; returns its offset."""
+    with open(path, "wb") as handle:
+        handle.truncate(SIZE[kind] + 2 * MIB)
+    last = 256 + SIZE[kind] // 4096 - 1
+    run("fdisk", "-b", "4096", str(path), stdin=f"o\nn\np\n1\n256\n{last}\nw\n".encode())
+    splice(path, MIB, filesystem_file(path.with_name(f"{path.name}.p1"), kind))
+    return MIB
+
+
 def lvm_label(path: Path, size: int = 4 * MIB) -> Path:
     """A disk whose sector 1 holds an LVM2 physical-volume label header (``LABELONE`` ... ``LVM2 001``),
     written field by field as lvm2's label format lays it out (no pvcreate: it needs a block device)."""

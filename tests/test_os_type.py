@@ -328,3 +328,10 @@ def test_windows_media_claimed_windows_and_linux_media_claimed_linux_are_accepte
     result = audit(settings, linux, os_type="linux", disk_format="iso")
     assert result.verdict is Verdict.ACCEPT and result.properties["os_type"] == "linux"
     assert [f.code for f in result.findings if f.code.startswith("os_type.")] == ["os_type.unverified"]
+
+
+def test_ntfs_behind_an_mbr_of_4096_byte_sectors_is_rejected_through_qcow2(settings, tmp_path):
+    raw = tmp_path / "d.raw"
+    gi.mbr_4k_disk(raw, "ntfs")
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "d.qcow2"), "os_type.mismatch", os_type="linux")
+    assert "MBR 4096 partition 1: ntfs" in _mismatch_detail(result)

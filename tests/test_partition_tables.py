@@ -133,3 +133,22 @@ def test_a_second_extended_partition_is_followed(tmp_path: Path) -> None:
     assert [(p.index, p.start // 512, p.filesystem) for p in layout.partitions if p.index >= 5] == [
         (5, 16384 + 2048, "ntfs"), (6, 8192, None), (7, 11264, None)]
     assert "partition.mbr_entry" in problem_codes(layout) and os_evidence(layout).detected == "windows"
+
+
+def test_an_mbr_of_4096_byte_sectors_is_read_both_ways(tmp_path: Path) -> None:
+    """``fdisk -b 4096``: read with 512-byte sectors the entry points at 128 KiB, where nothing is; a 4Kn
+    reader finds NTFS at 1 MiB."""
+    disk = tmp_path / "d.raw"
+    start = gi.mbr_4k_disk(disk, "ntfs")
+    layout = layout_of(disk)
+    assert [(p.table, p.start, p.filesystem) for p in layout.partitions] == [
+        ("MBR", 256 * 512, None), ("MBR 4096", start, "ntfs")]
+    assert problem_codes(layout) == ["partition.mbr_sector_size"]
+    assert os_evidence(layout).windows == ("MBR 4096 partition 1: ntfs",)
+
+
+def test_an_ordinary_mbr_disk_has_no_second_reading(tmp_path: Path) -> None:
+    disk = tmp_path / "d.raw"
+    gi.partitioned_disk(disk, "dos", ["ext4", "ntfs", "vfat"])
+    layout = layout_of(disk)
+    assert {p.table for p in layout.partitions} == {"MBR"} and layout.problems == ()
