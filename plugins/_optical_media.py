@@ -55,18 +55,19 @@ Entries = list[tuple[frozenset[str], object]]
 Lister = Callable[[object], Entries]
 
 
-class _TooMany(Exception):
-    pass
+class TooManyDirectories(Exception):
+    """A lookup needed more than :data:`MAX_DIRECTORIES` directory reads."""
 
 
-def _lookup(tree: str, root: object, list_dir: Lister) -> list[str]:
-    """The :data:`TARGETS` found in a tree, as ``"<tree>: <path>"``; raises _TooMany past the directory cap."""
+def lookup(tree: str, root: object, list_dir: Lister) -> list[str]:
+    """The :data:`TARGETS` found in a tree, as ``"<tree>: <path>"``, listing directories with ``list_dir``
+    (each at most once); raises TooManyDirectories past :data:`MAX_DIRECTORIES`."""
     listed: dict[object, Entries] = {}
 
     def entries(handle: object) -> Entries:
         if handle not in listed:
             if len(listed) >= MAX_DIRECTORIES:
-                raise _TooMany
+                raise TooManyDirectories
             listed[handle] = list_dir(handle)
         return listed[handle]
 
@@ -105,8 +106,8 @@ def windows_setup_files(reader: MediaReader, base: int, size: int) -> tuple[str,
             trees.append(udf)
     for name, root, list_dir in trees:
         try:
-            found += _lookup(name, root, list_dir)
-        except _TooMany:
+            found += lookup(name, root, list_dir)
+        except TooManyDirectories:
             reader.problem("media.directories", f"{name}: more than {MAX_DIRECTORIES} directories to read")
     return tuple(dict.fromkeys(found))
 

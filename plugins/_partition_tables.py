@@ -40,8 +40,9 @@ class Partition:
     GPT partition name: untrusted guest text, kept as is; callers must escape it before showing it.
     ``filesystem`` is the signature found at the partition start, or None. ``table`` says which
     table lists it: ``"MBR"``, ``"GPT"``, ``"GPT 4096"`` (4096-byte sectors), each with ``" backup"``
-    for a partition only a backup GPT lists. ``windows_media`` lists the Windows boot and setup
-    files of an ISO 9660 or UDF filesystem at its start (:mod:`._optical_media`).
+    for a partition only a backup GPT lists, and ``"MBR 4096"`` for the MBR read with 4096-byte
+    sectors. ``windows_media`` lists the Windows boot and setup files of a FAT, ISO 9660 or UDF
+    filesystem at its start (:mod:`._optical_media`, :mod:`._fat_media`).
     """
 
     index: int

@@ -24,10 +24,11 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 # qemu-utils: qemu-img (samples, tests); libmagic1, libarchive13: python-magic and
 # libarchive-c; the mkfs (udftools: mkudffs), partitioning, compression, ISO (xorriso) and LUKS
 # (cryptsetup-bin) tools build test images; genisoimage (UDF-bridge media) and udfclient (writes
-# files into a UDF image without mounting) build Windows installation media for the os_type tests.
+# files into a UDF image without mounting) and mtools (the same for FAT) build Windows
+# installation media for the os_type tests.
 APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
               fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin udftools
-              genisoimage udfclient)
+              genisoimage udfclient mtools)
 
 # A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
 # want of ensurepip leaves one without).

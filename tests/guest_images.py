@@ -8,7 +8,7 @@ System packages (Debian), beside those of :mod:`tests.disk_builders`: util-linux
 btrfs-progs (``mkfs.btrfs``), udftools (``mkudffs``), fdisk (``fdisk -b 4096`` for a GPT of
 4096-byte sectors, ``sfdisk --label-nested dos`` for hybrid MBRs), genisoimage (``genisoimage -udf``:
 UDF-bridge media like Windows', which xorriso cannot make), udfclient (writes files into a UDF image
-without mounting it).
+without mounting it), mtools (``mmd``/``mcopy`` write files into a FAT image without mounting it).
 """
 
 from __future__ import annotations
@@ -301,4 +301,23 @@ def udf_media(path: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: in
     tops = sorted({name.split("/", 1)[0] for name in files})
     commands = [f"cd {volume}", f"lcd {source}", f"mput {' '.join(tops)}"]
     run("udfclient", "-W", str(path), stdin=("\n".join([*commands, "quit"]) + "\n").encode())
+    return path
+
+
+def fat_media(path: Path, bits: int, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: int = 40 * MIB) -> Path:
+    """A FAT``bits`` volume (``mkfs.vfat -F``) holding ``files``, as USB installation media do, written
+    with ``mmd``/``mcopy`` (mtools: no mounting)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run("mkfs.vfat", "-F", str(bits), str(path))
+    source = media_tree(path.with_name(f"{path.name}.tree"), files)
+    made: set[str] = set()
+    for name in files:
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                run("mmd", "-i", str(path), f"::{folder}")
+                made.add(folder)
+        run("mcopy", "-i", str(path), str(source / name), f"::{name}")
     return path

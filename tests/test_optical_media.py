@@ -137,3 +137,39 @@ def test_fuzz_media_never_raises_nor_reads_past_the_cap(bridge_bytes: bytes, edi
     layout = read_layout(read, len(data), cap=1 << 20)
     assert total == layout.bytes_read <= min(READ_CAP, 1 << 20)
     assert all(entry.split(": ", 1)[1] in (*ALL, "sources/install.esd") for entry in layout.windows_media)
+
+
+# --- USB installation media: FAT ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [12, 16, 32])
+def test_fat_installation_media_short_and_long_names(tmp_path: Path, bits: int) -> None:
+    """``microsoft`` has the short name ``MICROS~1``: only its long name matches."""
+    size = {12: 8, 16: 40, 32: 40}[bits] * gi.MIB
+    layout = layout_of(gi.fat_media(tmp_path / "w.img", bits, size=size))
+    assert layout.filesystem == "vfat" and layout.problems == ()
+    assert layout.windows_media == tuple(f"FAT: {path}" for path in ALL)
+    assert os_evidence(layout).detected == "windows"
+
+
+def test_a_long_name_whose_checksum_fails_is_ignored_as_readers_ignore_it(tmp_path: Path) -> None:
+    image = gi.fat_media(tmp_path / "w.img", 32)
+    data = bytearray(image.read_bytes())
+    at = data.find("micro".encode("utf-16-le"))  # the long-name entry of efi/microsoft
+    assert at > 0
+    data[at - 1 + 13] ^= 0xFF  # its checksum byte (offset 13 of the 32-byte entry, name starts at 1)
+    image.write_bytes(bytes(data))
+    assert layout_of(image).windows_media == ("FAT: bootmgr", "FAT: sources/install.wim")
+
+
+def test_fat_linux_esp_is_not_windows_evidence(tmp_path: Path) -> None:
+    image = gi.fat_media(tmp_path / "esp.img", 32, ("EFI/BOOT/BOOTX64.EFI", "EFI/ubuntu/grub.cfg"))
+    layout = layout_of(image)
+    assert layout.windows_media == () and os_evidence(layout).detected == "unknown"
+
+
+def test_fat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
+    image = gi.fat_media(tmp_path / "w.img", 16)
+    db.overwrite(image, 14, b"\0\0")  # no reserved sectors
+    layout = layout_of(image)
+    assert layout.filesystem == "vfat" and problem_codes(layout) == ["media.fat_unreadable"]

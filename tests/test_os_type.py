@@ -335,3 +335,15 @@ def test_ntfs_behind_an_mbr_of_4096_byte_sectors_is_rejected_through_qcow2(setti
     gi.mbr_4k_disk(raw, "ntfs")
     result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "d.qcow2"), "os_type.mismatch", os_type="linux")
     assert "MBR 4096 partition 1: ntfs" in _mismatch_detail(result)
+
+
+def test_usb_installation_media_claimed_linux_are_rejected_through_qcow2(settings, tmp_path):
+    """A Media Creation Tool-like stick: an MBR partition holding FAT32 with bootmgr, efi/microsoft, sources."""
+    raw = tmp_path / "usb.raw"
+    with open(raw, "wb") as handle:
+        handle.truncate(48 * gi.MIB)
+    db.run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw), stdin=b"label: dos\nstart=2048, type=c\n")
+    gi.splice(raw, gi.MIB, gi.fat_media(tmp_path / "p.fat", 32))
+    result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "usb.qcow2"), "os_type.mismatch", os_type="linux")
+    assert "partition 1: Windows installation media (FAT: bootmgr, FAT: efi/microsoft/, FAT: sources/install.wim)" \
+        in _mismatch_detail(result)
