@@ -4,8 +4,9 @@ Windows installation media are UDF-bridge discs: an ISO 9660 volume (with Joliet
 and Rock Ridge names for Linux) and a UDF volume over the same bytes. Each reader lists its own
 directory tree, so the ISO 9660 part can show only a README while Windows reads the UDF part.
 :func:`windows_setup_files` looks up :data:`TARGETS` in every tree it finds (the primary volume's
-names and their Rock Ridge ``NM`` names, each Joliet or other supplementary volume, and the UDF
-file set), case-insensitively as Windows does, and returns what any tree holds.
+names and their Rock Ridge ``NM`` names, each Joliet or other supplementary volume, the directories
+each volume's L and M path tables list, and the UDF file set), case-insensitively as Windows does,
+and returns what any tree holds.
 
 Reads go through the layout reader (clamped to the disk, counted against its cap; the cap ending a
 read raises and the disk is rejected). At most :data:`MAX_DIRECTORIES` directories and
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 #: Filesystems whose trees are searched.
 OPTICAL = frozenset({"iso9660", "udf"})
@@ -29,6 +30,8 @@ MAX_DIRECTORIES = 16
 MAX_CONTINUATIONS = 8
 #: Volume descriptors read from byte 32768: ISO 9660's and UDF's volume recognition sequence.
 MAX_DESCRIPTORS = 16
+#: The largest ISO 9660 path table read (a Windows medium's is a few KiB).
+MAX_PATH_TABLE = 256 << 10
 #: UDF logical block sizes tried for the anchor at block 256.
 UDF_BLOCK_SIZES = (2048, 512, 4096, 1024)
 #: The most descriptors read from a UDF main volume descriptor sequence.
@@ -93,9 +96,7 @@ def windows_setup_files(reader: MediaReader, base: int, size: int) -> tuple[str,
         descriptor = reader.read(base + (32 << 10) + 2048 * number, 2048)
         ident = descriptor[1:6]
         if ident == b"CD001" and descriptor[0] in (1, 2):
-            tree = _iso_tree(reader, base, descriptor)
-            if tree is not None:
-                trees.append(tree)
+            trees += _iso_trees(reader, base, descriptor)
         elif ident in (b"NSR02", b"NSR03"):
             nsr = True
         elif ident not in (b"CD001", b"BEA01", b"BOOT2", b"CDW02", b"TEA01"):
@@ -109,27 +110,78 @@ def windows_setup_files(reader: MediaReader, base: int, size: int) -> tuple[str,
             found += lookup(name, root, list_dir)
         except TooManyDirectories:
             reader.problem("media.directories", f"{name}: more than {MAX_DIRECTORIES} directories to read")
-    return tuple(dict.fromkeys(found))
+    # what a path table shows is named only where its volume's directory records do not show it
+    seen = set(found)
+    return tuple(dict.fromkeys(f for f in found if f.replace(" path table:", ":", 1) == f
+                               or f.replace(" path table:", ":", 1) not in seen))
 
 
 # --- ISO 9660, Joliet, Rock Ridge --------------------------------------------------------------
 
 
-def _iso_tree(reader: MediaReader, base: int, descriptor: bytes) -> tuple[str, object, Lister] | None:
+def _iso_trees(reader: MediaReader, base: int, descriptor: bytes) -> list[tuple[str, object, Lister]]:
+    """A volume's directory-record tree, and the trees its L and M path tables give (Linux walks the
+    records; a reader may find a directory through a path table instead)."""
     block = _u16(descriptor, 128)
     if block not in (512, 1024, 2048):
         reader.problem("media.iso_block_size", f"ISO 9660 volume descriptor: logical block size {block}")
-        return None
+        return []
     joliet = descriptor[0] == 2 and bytes(descriptor[88:91]) in JOLIET_ESCAPES
-    root = (_u32(descriptor, 156 + 2), _u32(descriptor, 156 + 10))
+    label = "Joliet" if joliet else "ISO 9660"
+
+    def records(extent: int, length: int) -> Entries:
+        return _iso_records(reader, base, block, reader.read(base + extent * block, length), joliet)
 
     def list_dir(handle: object) -> Entries:
         assert isinstance(handle, tuple)
-        extent, length = handle
-        data = reader.read(base + extent * block, length)
-        return _iso_records(reader, base, block, data, joliet)
+        return records(*handle)
 
-    return ("Joliet" if joliet else "ISO 9660"), root, list_dir
+    def records_at(extent: int) -> Entries:
+        """A directory's records, its length taken from its first record (``.``)."""
+        head = reader.read(base + extent * block, 34)
+        return records(extent, _u32(head, 10) if len(head) == 34 and head[0] >= 34 else block)
+
+    trees: list[tuple[str, object, Lister]] = [
+        (label, (_u32(descriptor, 156 + 2), _u32(descriptor, 156 + 10)), list_dir)]
+    size = _u32(descriptor, 132)
+    if size > MAX_PATH_TABLE:
+        reader.problem("media.directories", f"{label}: a path table of {size} bytes")
+        return trees
+    for kind, location in (("L", _u32(descriptor, 140)), ("M", int.from_bytes(descriptor[148:152], "big"))):
+        table = _path_table(reader.read(base + location * block, size), "little" if kind == "L" else "big", joliet)
+        if table:
+            trees.append((f"{label} path table", 1, _path_lister(table, records_at)))
+    return trees
+
+
+#: A path table: directory number -> (parent number, name, extent).
+PathTable = dict[int, tuple[int, str, int]]
+
+
+def _path_table(data: bytes, order: Literal["little", "big"], joliet: bool) -> PathTable:
+    table: PathTable = {}
+    position = 0
+    while position + 8 <= len(data) and data[position]:
+        name_length = data[position]
+        extent = int.from_bytes(data[position + 2 : position + 6], order)
+        parent = int.from_bytes(data[position + 6 : position + 8], order)
+        raw = bytes(data[position + 8 : position + 8 + name_length])
+        table[len(table) + 1] = (parent, _iso_name(raw, joliet) if raw != b"\0" else "", extent)
+        position += 8 + name_length + name_length % 2
+    return table
+
+
+def _path_lister(table: PathTable, records_at: Callable[[int], Entries]) -> Lister:
+    """Directories from the path table (a child names its parent by number), files from each
+    directory's records."""
+    def list_dir(handle: object) -> Entries:
+        assert isinstance(handle, int)
+        children: Entries = [(frozenset({name.lower()}), number) for number, (parent, name, _extent)
+                             in table.items() if parent == handle and number != handle and name]
+        files = [entry for entry in records_at(table[handle][2]) if entry[1] is None] if handle in table else []
+        return children + files
+
+    return list_dir
 
 
 def _iso_records(reader: MediaReader, base: int, block: int, data: bytes, joliet: bool) -> Entries:

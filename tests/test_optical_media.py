@@ -64,6 +64,20 @@ def test_rock_ridge_names_alone_are_read(tmp_path: Path) -> None:
     assert "ISO 9660: bootmgr" in layout_of(image).windows_media
 
 
+def test_a_directory_only_the_path_table_lists_is_read(tmp_path: Path) -> None:
+    """ISO 9660 with Rock Ridge (no Joliet) whose sources directory record is renamed (ISO and Rock Ridge
+    name): Linux walks the records and misses it; the L and M path tables, which some readers use to
+    find a directory, still list SOURCES (a path table entry has no length byte before its name)."""
+    image = tmp_path / "w.iso"
+    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.wim"))
+    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(tree))
+    assert image.read_bytes().count(b"\x07SOURCES") == 1
+    gi.hide_from_iso9660(image, ("sources",))
+    listing = db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
+    assert "sources" not in listing and "qources/install.wim" in listing
+    assert layout_of(image).windows_media == ("ISO 9660 path table: sources/install.wim",)
+
+
 def test_udf_alone_written_by_udfclient(tmp_path: Path) -> None:
     layout = layout_of(gi.udf_media(tmp_path / "w.udf"))
     assert layout.filesystem == "udf" and layout.problems == ()
