@@ -127,19 +127,25 @@ def test_too_many_directories_is_a_problem(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def bridge_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    base = tmp_path_factory.mktemp("bridge")
-    return gi.udf_bridge(base / "w.iso", gi.media_tree(base / "t")).read_bytes()
+def media_bytes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    base = tmp_path_factory.mktemp("media")
+    return {"bridge": gi.udf_bridge(base / "w.iso", gi.media_tree(base / "t")).read_bytes(),
+            "fat": gi.fat_media(base / "w.fat", 16, size=16 * gi.MIB).read_bytes()}
 
 
-@settings(derandomize=True, max_examples=60, deadline=None)
-@given(edits=st.lists(st.tuples(st.integers(32 << 10, (64 << 10) - 1) | st.integers(0, 600 << 10),
+@settings(derandomize=True, max_examples=80, deadline=None)
+@given(kind=st.sampled_from(["bridge", "fat"]),
+       edits=st.lists(st.tuples(st.integers(32 << 10, (64 << 10) - 1) | st.integers(0, 600 << 10),
                                 st.binary(min_size=1, max_size=8)), min_size=1, max_size=10))
-def test_fuzz_media_never_raises_nor_reads_past_the_cap(bridge_bytes: bytes, edits: list[tuple[int, bytes]]) -> None:
-    data = bytearray(bridge_bytes)
+def test_fuzz_media_never_raises_nor_reads_past_the_cap(media_bytes: dict[str, bytes], kind: str,
+                                                        edits: list[tuple[int, bytes]]) -> None:
+    """Random edits of the volume descriptors, directories, path tables, UDF descriptors, FAT boot
+    sector, FATs and directories of real media."""
+    original = media_bytes[kind]
+    data = bytearray(original)
     for offset, blob in edits:
         data[offset : offset + len(blob)] = blob
-    del data[len(bridge_bytes) :]
+    del data[len(original) :]
     total = 0
 
     def read(offset: int, length: int) -> bytes:
