@@ -30,8 +30,8 @@ MAX_DIRECTORIES = 16
 MAX_CONTINUATIONS = 8
 #: Volume descriptors read from byte 32768: ISO 9660's and UDF's volume recognition sequence.
 MAX_DESCRIPTORS = 16
-#: The largest ISO 9660 path table read (a Windows medium's is a few KiB).
-MAX_PATH_TABLE = 256 << 10
+#: The largest ISO 9660 path table read (a Windows medium's is a few KiB, a Linux DVD's some 100 KiB).
+MAX_PATH_TABLE = 1 << 20
 #: UDF logical block sizes tried for the anchor at block 256.
 UDF_BLOCK_SIZES = (2048, 512, 4096, 1024)
 #: The most descriptors read from a UDF main volume descriptor sequence.

@@ -62,7 +62,7 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
           "table sees the partitions. Both are checked." + _WHY),
     _code("media.directories", "Installation media hold too many directories to check.",
           "Looking up the Windows boot and setup files of an ISO 9660, Joliet, UDF or FAT tree needed more "
-          "directory reads than allowed (16 per tree), or an ISO 9660 path table is larger than 256 KiB: a "
+          "directory reads than allowed (16 per tree), or an ISO 9660 path table is larger than 1 MiB: a "
           "file past that point could be missed, so the disk is rejected.", Severity.ERROR),
     _code("media.iso_block_size", "An ISO 9660 volume gives an impossible block size.",
           "An ISO 9660 volume descriptor names a logical block size other than 512, 1024 or 2048 bytes; its "

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from importhooks_plugins._filesystems import os_evidence
 from importhooks_plugins._guest_layout import READ_CAP, read_layout
-from importhooks_plugins._optical_media import MAX_DIRECTORIES
+from importhooks_plugins._optical_media import MAX_DIRECTORIES, MAX_PATH_TABLE
 
 from . import disk_builders as db
 from . import guest_images as gi
@@ -76,6 +76,14 @@ def test_a_directory_only_the_path_table_lists_is_read(tmp_path: Path) -> None:
     listing = db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
     assert "sources" not in listing and "qources/install.wim" in listing
     assert layout_of(image).windows_media == ("ISO 9660 path table: sources/install.wim",)
+
+
+def test_a_path_table_over_the_limit_is_a_problem(tmp_path: Path) -> None:
+    image = gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t"))
+    size = MAX_PATH_TABLE + 2  # the primary volume's path table size, both-endian
+    db.overwrite(image, (32 << 10) + 132, size.to_bytes(4, "little") + size.to_bytes(4, "big"))
+    layout = layout_of(image)
+    assert problem_codes(layout) == ["media.directories"] and "Joliet: bootmgr" in layout.windows_media
 
 
 def test_udf_alone_written_by_udfclient(tmp_path: Path) -> None:
