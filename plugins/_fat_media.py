@@ -69,7 +69,10 @@ class _Fat:
         chunks: list[bytes] = []
         seen: set[int] = set()
         size = self.sector * self.per_cluster
-        while 2 <= cluster <= self.last and cluster not in seen and len(seen) < MAX_CHAIN:
+        while 2 <= cluster <= self.last and cluster not in seen:
+            if len(seen) >= MAX_CHAIN:
+                self.reader.problem("media.directories", f"FAT: a directory of more than {MAX_CHAIN} clusters")
+                break
             seen.add(cluster)
             chunks.append(self.reader.read(self.base + self.data_start + (cluster - 2) * size, size))
             cluster = self._next(cluster)

@@ -14,7 +14,7 @@ Where two readers (firmware, Linux, Windows) could see different partitions, the
 partition either sees: the MBR and every GPT (512- and 4096-byte sectors, primary and backup) are all
 read whenever they exist, and the whole disk is probed for a filesystem beside the tables. Tables are
 :mod:`._partition_tables`', filesystem signatures :mod:`._filesystems`', the Windows files of
-installation media :mod:`._optical_media`' and :mod:`._fat_media`'.
+installation media :mod:`._optical_media`', :mod:`._fat_media`' and :mod:`._exfat_media`'.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from ._exfat_media import exfat_setup_files
 from ._fat_media import fat_setup_files
 from ._filesystems import OEM_IDS, WINDOWS_PARTITION_TYPES, probe
 from ._optical_media import OPTICAL, windows_setup_files
@@ -59,7 +60,7 @@ class GuestLayout:
 
     ``filesystem`` is the filesystem found at byte 0 of the whole disk when no partition starts
     there (with or without a partition table: a superfloppy); ``windows_media`` the Windows boot and
-    setup files of the FAT, ISO 9660 or UDF filesystem there. ``problems`` are ``(code, detail)`` pairs;
+    setup files of the FAT, exFAT, ISO 9660 or UDF filesystem there. ``problems`` are ``(code, detail)`` pairs;
     ``bytes_read`` is what the call read.
     """
 
@@ -220,10 +221,12 @@ def _mbr_4096(reader: _Reader, sector0: bytes, beside_gpt: bool, known: list[Par
 
 
 def _media(reader: _Reader, base: int, filesystem: str | None) -> tuple[str, ...]:
-    """Windows boot and setup files of a FAT, ISO 9660 or UDF filesystem at ``base`` (an optical one is
+    """Windows boot and setup files of a FAT, exFAT, ISO 9660 or UDF filesystem at ``base`` (an optical one is
     read from its start to the disk's end, as a whole-disk reader would)."""
     if filesystem == "vfat":
         return fat_setup_files(reader, base, reader.read(base, 512))
+    if filesystem == "exfat":
+        return exfat_setup_files(reader, base, reader.read(base, 512))
     return windows_setup_files(reader, base, reader.disk_size - base) if filesystem in OPTICAL else ()
 
 

@@ -61,15 +61,16 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
           "UDF hybrid): a reader of the whole disk (a superfloppy) sees that filesystem, a reader of the "
           "table sees the partitions. Both are checked." + _WHY),
     _code("media.directories", "Installation media hold too many directories to check.",
-          "Looking up the Windows boot and setup files of an ISO 9660, Joliet, UDF or FAT tree needed more "
-          "directory reads than allowed (16 per tree), or an ISO 9660 path table is larger than 1 MiB: a "
-          "file past that point could be missed, so the disk is rejected.", Severity.ERROR),
+          "Looking up the Windows boot and setup files of an ISO 9660, Joliet, UDF, FAT or exFAT tree needed "
+          "more directory reads than allowed (16 per tree), an ISO 9660 path table is larger than 1 MiB, or "
+          "a FAT or exFAT directory is longer than 256 clusters: a file past that point could be missed, so "
+          "the disk is rejected.", Severity.ERROR),
     _code("media.iso_block_size", "An ISO 9660 volume gives an impossible block size.",
           "An ISO 9660 volume descriptor names a logical block size other than 512, 1024 or 2048 bytes; its "
           "tree is not read, so Windows setup files in it could be missed. Rejected.", Severity.ERROR),
-    _code("media.fat_unreadable", "A FAT volume could not be read.",
-          "A FAT boot sector gives an impossible geometry (sector or cluster size, no reserved sectors or "
-          "FATs), so Windows setup files on it could be missed. Rejected.", Severity.ERROR),
+    _code("media.fat_unreadable", "A FAT or exFAT volume could not be read.",
+          "A FAT or exFAT boot sector gives an impossible geometry (sector or cluster size, no reserved "
+          "sectors or FATs), so Windows setup files on it could be missed. Rejected.", Severity.ERROR),
     _code("media.udf_unreadable", "A UDF volume could not be read.",
           "A UDF volume is recognised but its anchor, logical volume, partition maps (only physical and "
           "sparable ones are read, not virtual or metadata partitions) or file set descriptor could not "

@@ -14,8 +14,9 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
   installation media. A LUKS disk is encrypted: nothing to read.
 * Every partition table is read and every partition any of them lists is checked, and the whole
   disk is probed beside a table: where firmware, Linux and Windows could disagree, the union is read
-  (:mod:`._partition_tables`). ISO 9660, UDF and FAT filesystems are searched for Windows setup
-  files in all their trees and names (:mod:`._optical_media`, :mod:`._fat_media`).
+  (:mod:`._partition_tables`). ISO 9660, UDF, FAT and exFAT filesystems are searched for Windows
+  setup files in all their trees and names (:mod:`._optical_media`, :mod:`._fat_media`,
+  :mod:`._exfat_media`).
 * Verdicts: Windows evidence (an NTFS, BitLocker or ReFS volume, a partition type only Windows
   makes, Windows installation media) with any other claim → ``os_type.mismatch`` (reject); a ``windows`` claim with only
   Linux filesystems → ``os_type.not_windows`` (warning); a claim with nothing to tell by →
@@ -57,7 +58,7 @@ MISMATCH = FindingCode(
     "The claimed os_type is not windows, yet the guest disk has Windows evidence: an NTFS, BitLocker or "
     "ReFS volume, a partition type only Windows makes (Microsoft reserved, Windows recovery, dynamic "
     "disk, Storage Spaces), or Windows installation media (bootmgr, efi/microsoft, sources/install.wim or "
-    "install.esd in an ISO 9660, Joliet, Rock Ridge, UDF or FAT tree), found through any partition table or "
+    "install.esd in an ISO 9660, Joliet, Rock Ridge, UDF, FAT or exFAT tree), found through any partition table or "
     "reader of the disk. The detail lists the evidence. Clouds that "
     "license Windows per instance protect os_type for exactly this case.",
 )
@@ -72,7 +73,7 @@ UNVERIFIED = FindingCode(
     "os_type.unverified",
     "The disk's operating system could not be verified.",
     "The request claims an os_type, but nothing on the disk tells Windows from Linux: it is empty, "
-    "encrypted, holds only filesystems both use (exFAT, or FAT, ISO 9660 or UDF without Windows setup files), "
+    "encrypted, holds only filesystems both use (FAT, exFAT, ISO 9660 or UDF without Windows setup files), "
     "or its format is not read here. The severity is the plugin.os_type.unverified option (default info: "
     "accept).",
     Severity.INFO,

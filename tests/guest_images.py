@@ -321,3 +321,74 @@ def fat_media(path: Path, bits: int, files: tuple[str, ...] = WINDOWS_MEDIA_FILE
                 made.add(folder)
         run("mcopy", "-i", str(path), str(source / name), f"::{name}")
     return path
+
+
+def _exfat_name_hash(name: str) -> int:
+    value = 0
+    for char in name.upper().encode("utf-16-le"):  # ASCII names: upcase is str.upper
+        value = ((0x8000 if value & 1 else 0) + (value >> 1) + char) & 0xFFFF
+    return value
+
+
+def exfat_entry_set(name: str, *, directory: bool, first: int = 0, length: int = 0) -> bytes:
+    """An exFAT directory entry set: File (0x85), Stream Extension (0xC0), File Name entries (0xC1),
+    with its SetChecksum, as the exFAT specification lays them out. A directory is one contiguous
+    cluster (NoFatChain)."""
+    names = [name[i : i + 15] for i in range(0, len(name), 15)]
+    file = bytearray(32)
+    file[0], file[1] = 0x85, 1 + len(names)
+    struct.pack_into("<H", file, 4, 0x10 if directory else 0x20)
+    stream = bytearray(32)
+    stream[0], stream[1], stream[3] = 0xC0, (0x03 if first else 0x00), len(name)
+    struct.pack_into("<HQIQ", stream, 4, _exfat_name_hash(name), length, 0, 0)
+    struct.pack_into("<IQ", stream, 20, first, length)
+    parts = [bytes([0xC1, 0]) + part.encode("utf-16-le").ljust(30, b"\0") for part in names]
+    whole = bytearray(file + stream + b"".join(parts))
+    total = 0
+    for index, byte in enumerate(whole):
+        if index not in (2, 3):
+            total = ((0x8000 if total & 1 else 0) + (total >> 1) + byte) & 0xFFFF
+    struct.pack_into("<H", whole, 2, total)
+    return bytes(whole)
+
+
+def exfat_media(path: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: int = 16 * MIB) -> Path:
+    """An exFAT volume (``mkfs.exfat``) holding empty ``files``, their directory entry sets written by
+    this code (no tool writes exFAT files without mounting): each directory gets one fresh cluster,
+    marked in the allocation bitmap. ``fsck.exfat -n`` accepts the result."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run("mkfs.exfat", str(path))
+    data = bytearray(path.read_bytes())
+    sector = 1 << data[108]
+    cluster = sector << data[109]
+    heap, root = struct.unpack_from("<I", data, 88)[0] * sector, struct.unpack_from("<I", data, 96)[0]
+
+    def at(number: int) -> int:
+        return heap + (number - 2) * cluster
+
+    used = 0
+    while data[at(root) + used] != 0:
+        used += 32
+    bitmap_entry = next(at(root) + o for o in range(0, used, 32) if data[at(root) + o] == 0x81)
+    bitmap = at(struct.unpack_from("<I", data, bitmap_entry + 20)[0])
+    folders = {"": [at(root), used]}
+    for name in files:
+        parts = name.split("/")
+        for depth in range(1, len(parts) + 1):
+            key, parent = "/".join(parts[:depth]), "/".join(parts[: depth - 1])
+            if key in folders and depth < len(parts):
+                continue
+            first = 0
+            if depth < len(parts):
+                first = next(n for n in range(2, 1 << 20) if not data[bitmap + (n - 2) // 8] >> ((n - 2) % 8) & 1)
+                data[bitmap + (first - 2) // 8] |= 1 << ((first - 2) % 8)
+                folders[key] = [at(first), 0]
+            entry_set = exfat_entry_set(parts[depth - 1], directory=depth < len(parts), first=first,
+                                        length=cluster if first else 0)
+            offset, position = folders[parent]
+            data[offset + position : offset + position + len(entry_set)] = entry_set
+            folders[parent][1] += len(entry_set)
+    path.write_bytes(bytes(data))
+    run("fsck.exfat", "-n", str(path))
+    return path

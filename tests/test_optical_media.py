@@ -8,11 +8,14 @@ Windows media are) and ``mkudffs`` + ``udfclient`` (UDF alone, files written wit
 
 from __future__ import annotations
 
+import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from importhooks_plugins._fat_media import MAX_CHAIN
 from importhooks_plugins._filesystems import os_evidence
 from importhooks_plugins._guest_layout import READ_CAP, read_layout
 from importhooks_plugins._optical_media import MAX_DIRECTORIES, MAX_PATH_TABLE
@@ -138,17 +141,18 @@ def test_too_many_directories_is_a_problem(tmp_path: Path) -> None:
 def media_bytes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     base = tmp_path_factory.mktemp("media")
     return {"bridge": gi.udf_bridge(base / "w.iso", gi.media_tree(base / "t")).read_bytes(),
-            "fat": gi.fat_media(base / "w.fat", 16, size=16 * gi.MIB).read_bytes()}
+            "fat": gi.fat_media(base / "w.fat", 16, size=16 * gi.MIB).read_bytes(),
+            "exfat": gi.exfat_media(base / "w.exfat").read_bytes()}
 
 
 @settings(derandomize=True, max_examples=80, deadline=None)
-@given(kind=st.sampled_from(["bridge", "fat"]),
-       edits=st.lists(st.tuples(st.integers(32 << 10, (64 << 10) - 1) | st.integers(0, 600 << 10),
+@given(kind=st.sampled_from(["bridge", "fat", "exfat"]),
+       edits=st.lists(st.tuples(st.integers(32 << 10, (64 << 10) - 1) | st.integers(0, 2200 << 10),
                                 st.binary(min_size=1, max_size=8)), min_size=1, max_size=10))
 def test_fuzz_media_never_raises_nor_reads_past_the_cap(media_bytes: dict[str, bytes], kind: str,
                                                         edits: list[tuple[int, bytes]]) -> None:
     """Random edits of the volume descriptors, directories, path tables, UDF descriptors, FAT boot
-    sector, FATs and directories of real media."""
+    sector, FATs and directories, exFAT boot sector, FAT, bitmap and entry sets of real media."""
     original = media_bytes[kind]
     data = bytearray(original)
     for offset, blob in edits:
@@ -190,6 +194,16 @@ def test_a_long_name_whose_checksum_fails_is_ignored_as_readers_ignore_it(tmp_pa
     assert layout_of(image).windows_media == ("FAT: bootmgr", "FAT: sources/install.wim")
 
 
+def test_a_fat_directory_chain_past_the_limit_is_a_problem(tmp_path: Path) -> None:
+    """The root directory's chain in the first FAT is edited to run on for MAX_CHAIN + 40 clusters."""
+    image = gi.fat_media(tmp_path / "w.img", 32)
+    data = image.read_bytes()
+    reserved, root = struct.unpack_from("<H", data, 14)[0], struct.unpack_from("<I", data, 44)[0]
+    links = b"".join(struct.pack("<I", n + 1) for n in range(root, root + MAX_CHAIN + 40))
+    db.overwrite(image, reserved * 512 + 4 * root, links)
+    assert "media.directories" in problem_codes(layout_of(image))
+
+
 def test_fat_linux_esp_is_not_windows_evidence(tmp_path: Path) -> None:
     image = gi.fat_media(tmp_path / "esp.img", 32, ("EFI/BOOT/BOOTX64.EFI", "EFI/ubuntu/grub.cfg"))
     layout = layout_of(image)
@@ -201,3 +215,31 @@ def test_fat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
     db.overwrite(image, 14, b"\0\0")  # no reserved sectors
     layout = layout_of(image)
     assert layout.filesystem == "vfat" and problem_codes(layout) == ["media.fat_unreadable"]
+
+
+# --- installation media on exFAT ---------------------------------------------------------------
+
+
+def test_exfat_installation_media(tmp_path: Path) -> None:
+    """mkfs.exfat, then entry sets written by test code (no tool writes exFAT unmounted); fsck.exfat
+    accepts the volume (:func:`tests.guest_images.exfat_media`)."""
+    layout = layout_of(gi.exfat_media(tmp_path / "w.img"))
+    assert layout.filesystem == "exfat" and layout.problems == ()
+    assert layout.windows_media == tuple(f"exFAT: {path}" for path in ALL)
+    assert os_evidence(layout).detected == "windows"
+
+
+def test_exfat_entry_set_whose_checksum_fails_is_ignored_as_fsck_ignores_it(tmp_path: Path) -> None:
+    image = gi.exfat_media(tmp_path / "w.img")
+    data = bytearray(image.read_bytes())
+    data[data.find("bootmgr".encode("utf-16-le"))] ^= 1
+    image.write_bytes(bytes(data))
+    fsck = subprocess.run(["fsck.exfat", "-n", str(image)], capture_output=True, text=True, check=False)
+    assert fsck.returncode != 0 and "checksum" in fsck.stdout + fsck.stderr
+    assert layout_of(image).windows_media == ("exFAT: efi/microsoft/", "exFAT: sources/install.wim")
+
+
+def test_exfat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
+    image = gi.exfat_media(tmp_path / "w.img")
+    db.overwrite(image, 109, b"\x20")  # 2^32 sectors per cluster
+    assert problem_codes(layout_of(image)) == ["media.fat_unreadable"]

@@ -347,3 +347,13 @@ def test_usb_installation_media_claimed_linux_are_rejected_through_qcow2(setting
     result = rejected_with(settings, convert(raw, "qcow2", tmp_path / "usb.qcow2"), "os_type.mismatch", os_type="linux")
     assert "partition 1: Windows installation media (FAT: bootmgr, FAT: efi/microsoft/, FAT: sources/install.wim)" \
         in _mismatch_detail(result)
+
+
+def test_exfat_installation_media_claimed_linux_are_rejected_through_vhdx(settings, tmp_path):
+    raw = tmp_path / "x.raw"
+    with open(raw, "wb") as handle:
+        handle.truncate(24 * gi.MIB)
+    db.run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw), stdin=b"label: dos\nstart=2048, type=7\n")
+    gi.splice(raw, gi.MIB, gi.exfat_media(tmp_path / "p.exfat"))
+    result = rejected_with(settings, convert(raw, "vhdx", tmp_path / "x.vhdx"), "os_type.mismatch", os_type="linux")
+    assert "exFAT: sources/install.wim" in _mismatch_detail(result)
