@@ -270,23 +270,15 @@ def _udf_tree(reader: MediaReader, base: int, size: int) -> tuple[str, object, L
         reader.problem("media.udf_unreadable", "UDF volume recognised but no anchor volume descriptor found")
         return None
     block, anchor = found
-    partitions: dict[int, int] = {}
-    maps: list[int] = []
-    fsd: tuple[int, int] | None = None
-    location, count = _u32(anchor, 20), min(_u32(anchor, 16) // block, MAX_UDF_DESCRIPTORS)
-    for number in range(count):
-        descriptor = reader.read(base + (location + number) * block, block)
-        tag = _tag(descriptor)
-        if tag == 5:
-            partitions[_u16(descriptor, 22)] = _u32(descriptor, 188)
-        elif tag == 6:
-            fsd = (_u32(descriptor, 252), _u16(descriptor, 256))
-            maps = _partition_maps(reader, descriptor)
-        elif tag in (8, -1, 0):
+    volume = None
+    for extent in (16, 24):  # the main volume descriptor sequence, then the reserve one, as readers fall back
+        volume = _volume(reader, base, block, _u32(anchor, extent + 4), _u32(anchor, extent))
+        if volume is not None:
             break
-    if fsd is None or not maps or any(m not in partitions for m in maps):
+    if volume is None:
         reader.problem("media.udf_unreadable", "UDF volume: no logical volume with a physical partition map")
         return None
+    partitions, maps, fsd = volume
 
     def position(lbn: int, ref: int) -> int:
         return base + (partitions[maps[ref]] + lbn) * block if ref < len(maps) else -1
@@ -302,6 +294,28 @@ def _udf_tree(reader: MediaReader, base: int, size: int) -> tuple[str, object, L
         return _udf_directory(reader, block, position, handle)
 
     return "UDF", root, list_dir
+
+
+def _volume(reader: MediaReader, base: int, block: int, location: int,
+            length: int) -> tuple[dict[int, int], list[int], tuple[int, int]] | None:
+    """Partition starts, partition maps and file set descriptor location of one volume descriptor
+    sequence, or None if it has no usable logical volume."""
+    partitions: dict[int, int] = {}
+    maps: list[int] = []
+    fsd: tuple[int, int] | None = None
+    for number in range(min(length // block, MAX_UDF_DESCRIPTORS)):
+        descriptor = reader.read(base + (location + number) * block, block)
+        tag = _tag(descriptor)
+        if tag == 5:
+            partitions[_u16(descriptor, 22)] = _u32(descriptor, 188)
+        elif tag == 6:
+            fsd = (_u32(descriptor, 252), _u16(descriptor, 256))
+            maps = _partition_maps(reader, descriptor)
+        elif tag in (8, -1, 0):
+            break
+    if fsd is None or not maps or any(m not in partitions for m in maps):
+        return None
+    return partitions, maps, fsd
 
 
 def _partition_maps(reader: MediaReader, lvd: bytes) -> list[int]:

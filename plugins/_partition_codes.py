@@ -72,9 +72,10 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
           "A FAT or exFAT boot sector gives an impossible geometry (sector or cluster size, no reserved "
           "sectors or FATs), so Windows setup files on it could be missed. Rejected.", Severity.ERROR),
     _code("media.udf_unreadable", "A UDF volume could not be read.",
-          "A UDF volume is recognised but its anchor, logical volume, partition maps (only physical and "
-          "sparable ones are read, not virtual or metadata partitions) or file set descriptor could not "
-          "be read, so Windows setup files in it could be missed. Rejected.", Severity.ERROR),
+          "A UDF volume is recognised but its anchor, logical volume (in the main or the reserve volume "
+          "descriptor sequence), partition maps (only physical and sparable ones are read, not virtual or "
+          "metadata partitions) or file set descriptor could not be read, so Windows setup files in it "
+          "could be missed. Rejected.", Severity.ERROR),
     _code("partition.gpt_header", "The GPT header is damaged.",
           "The GPT header's size field is out of range." + _WHY),
     _code("partition.gpt_crc", "The GPT fails its checksum.",

@@ -58,6 +58,19 @@ def test_files_only_udf_lists_are_found(tmp_path: Path) -> None:
     assert os_evidence(layout).detected == "windows"
 
 
+def test_udf_reserve_sequence_is_read_when_the_main_one_is_damaged(tmp_path: Path) -> None:
+    """Readers fall back to the reserve volume descriptor sequence; so does this one."""
+    image = gi.hide_from_iso9660(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")), HIDE)
+    anchor = image.read_bytes()[256 * 2048 : 256 * 2048 + 32]
+    main_length, main, reserve_length, reserve = struct.unpack_from("<IIII", anchor, 16)
+    assert main != reserve
+    db.overwrite(image, main * 2048, bytes(main_length))
+    layout = layout_of(image)
+    assert layout.windows_media == tuple(f"UDF: {path}" for path in ALL) and layout.problems == ()
+    db.overwrite(image, reserve * 2048, bytes(reserve_length))
+    assert problem_codes(layout_of(image)) == ["media.udf_unreadable"]
+
+
 def test_rock_ridge_names_alone_are_read(tmp_path: Path) -> None:
     """Without Joliet, and ISO 9660 names renamed: only the Rock Ridge NM names say bootmgr."""
     image = tmp_path / "w.iso"
