@@ -8,7 +8,8 @@ counts only if its checksum matches its short entry, as every reader requires) a
 found, as ``"FAT: <path>"``.
 
 Reads go through the layout reader. A directory's cluster chain is followed through the first FAT
-for at most :data:`MAX_CHAIN` clusters (a loop ends it); at most :data:`._optical_media.MAX_DIRECTORIES`
+(and through the active FAT too when a FAT32 volume turns mirroring off: Windows reads that one) for
+at most :data:`MAX_CHAIN` clusters (a loop ends it); at most :data:`._optical_media.MAX_DIRECTORIES`
 directories are read. A boot sector that gives an impossible geometry is a ``media.fat_unreadable``
 problem.
 """
@@ -51,32 +52,43 @@ class _Fat:
         self.bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
         self.root_cluster = _u32(boot, 44) if self.bits == 32 else 0
         self.last = clusters + 1
+        self.fat_size = fat_size * self.sector
+        flags = _u16(boot, 40) if self.bits == 32 else 0  # FAT32 ExtFlags: mirroring off, active FAT
+        self.copies = [0] + ([flags & 0x0F] if flags & 0x80 and 0 < flags & 0x0F < fats else [])
 
-    def _next(self, cluster: int) -> int:
+    def _next(self, cluster: int, copy: int) -> int:
+        fat = self.base + self.fat_start + copy * self.fat_size
         if self.bits == 32:
-            return _u32(self.reader.read(self.base + self.fat_start + 4 * cluster, 4), 0) & 0x0FFFFFFF
+            return _u32(self.reader.read(fat + 4 * cluster, 4), 0) & 0x0FFFFFFF
         if self.bits == 16:
-            return _u16(self.reader.read(self.base + self.fat_start + 2 * cluster, 2), 0)
-        pair = _u16(self.reader.read(self.base + self.fat_start + cluster * 3 // 2, 2), 0)
+            return _u16(self.reader.read(fat + 2 * cluster, 2), 0)
+        pair = _u16(self.reader.read(fat + cluster * 3 // 2, 2), 0)
         return pair >> 4 if cluster & 1 else pair & 0xFFF
 
     def directory(self, handle: object) -> Entries:
-        """The entries of the root (handle 0) or of the directory starting at cluster ``handle``."""
+        """The entries of the root (handle 0) or of the directory starting at cluster ``handle``: its chain
+        in the first FAT (Linux's) and, on a FAT32 volume whose ExtFlags turn mirroring off, in the
+        active FAT (Windows'), clusters either chain holds."""
         assert isinstance(handle, int)
         if handle == 0 and self.bits != 32:
             return _entries(self.reader.read(self.base + self.root_start, self.root_length))
-        cluster = handle or self.root_cluster
-        chunks: list[bytes] = []
-        seen: set[int] = set()
+        clusters: dict[int, None] = {}
+        for copy in self.copies:
+            cluster = handle or self.root_cluster
+            visited: set[int] = set()
+            while 2 <= cluster <= self.last and cluster not in visited:
+                visited.add(cluster)
+                if cluster not in clusters:
+                    if len(clusters) >= MAX_CHAIN:
+                        self.reader.problem("media.directories", f"FAT: a directory of more than {MAX_CHAIN} clusters")
+                        return _entries(self._data(clusters))
+                    clusters[cluster] = None
+                cluster = self._next(cluster, copy)
+        return _entries(self._data(clusters))
+
+    def _data(self, clusters: dict[int, None]) -> bytes:
         size = self.sector * self.per_cluster
-        while 2 <= cluster <= self.last and cluster not in seen:
-            if len(seen) >= MAX_CHAIN:
-                self.reader.problem("media.directories", f"FAT: a directory of more than {MAX_CHAIN} clusters")
-                break
-            seen.add(cluster)
-            chunks.append(self.reader.read(self.base + self.data_start + (cluster - 2) * size, size))
-            cluster = self._next(cluster)
-        return _entries(b"".join(chunks))
+        return b"".join(self.reader.read(self.base + self.data_start + (c - 2) * size, size) for c in clusters)
 
 
 def _checksum(short: bytes) -> int:

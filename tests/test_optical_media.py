@@ -217,6 +217,22 @@ def test_a_fat_directory_chain_past_the_limit_is_a_problem(tmp_path: Path) -> No
     assert "media.directories" in problem_codes(layout_of(image))
 
 
+def test_fat32_active_fat_without_mirroring_is_followed_too(tmp_path: Path) -> None:
+    """ExtFlags 0x81: mirroring off, FAT 2 active (Windows reads it); FAT 1 (Linux's) ends the root
+    directory after its first cluster, before the entries of the Windows files."""
+    fillers = tuple(f"readme{number:02}.txt" for number in range(20))
+    image = gi.fat_media(tmp_path / "w.img", 32, (*fillers, *gi.WINDOWS_MEDIA_FILES))
+    data = image.read_bytes()
+    reserved, root = struct.unpack_from("<H", data, 14)[0], struct.unpack_from("<I", data, 44)[0]
+    fat_size, cluster = struct.unpack_from("<I", data, 36)[0] * 512, data[13] * 512
+    assert struct.unpack_from("<I", data, reserved * 512 + 4 * root)[0] & 0x0FFFFFFF < 0x0FFFFFF8
+    assert b"BOOTMGR" not in data[(reserved * 512 + 2 * fat_size):][:cluster]  # not in the root's first cluster
+    db.overwrite(image, reserved * 512 + 4 * root, struct.pack("<I", 0x0FFFFFFF))  # FAT 1: root ends here
+    assert layout_of(image).windows_media == ()  # what Linux sees
+    db.overwrite(image, 40, struct.pack("<H", 0x81))
+    assert layout_of(image).windows_media == tuple(f"FAT: {path}" for path in ALL)
+
+
 def test_fat_linux_esp_is_not_windows_evidence(tmp_path: Path) -> None:
     image = gi.fat_media(tmp_path / "esp.img", 32, ("EFI/BOOT/BOOTX64.EFI", "EFI/ubuntu/grub.cfg"))
     layout = layout_of(image)
