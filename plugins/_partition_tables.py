@@ -223,7 +223,8 @@ def read_backup_only(reader: TableReader, sector: int) -> list[Partition] | None
     header = _backup_header(reader, sector, reader.disk_size // sector - 1)
     if header is None or reader.disk_size < 3 * sector:
         return None
-    parts = _gpt(reader, sector, header, f"{gpt_label(sector)} backup", gpt_label(sector), reader.problem)
+    which = "backup" if sector == MBR_SECTOR else f"backup {gpt_label(sector)}"
+    parts = _gpt(reader, sector, header, which, gpt_label(sector), reader.problem)
     if parts is not None:
         reader.problem("partition.gpt_backup_used", f"the primary {gpt_label(sector)} is unusable; its backup was read")
     return parts
