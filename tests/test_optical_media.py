@@ -3,7 +3,7 @@ Rock Ridge or UDF reader of an image are Windows evidence.
 
 Media are made by ``xorriso`` (ISO 9660 + Joliet + Rock Ridge), ``genisoimage -udf`` (a UDF bridge, as
 Windows media are) and ``mkudffs`` + ``udfclient`` (UDF alone, files written without mounting);
-:func:`tests.guest_images.hide_from_iso9660` then renames the files in the ISO 9660 trees only.
+:func:`tests.media_images.hide_from_iso9660` then renames the files in the ISO 9660 trees only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from importhooks_plugins._optical_media import MAX_DIRECTORIES, MAX_PATH_TABLE
 
 from . import disk_builders as db
 from . import guest_images as gi
+from . import media_images as mi
 from .test_guest_layout import layout_of, problem_codes
 
 ALL = ("bootmgr", "efi/microsoft/", "sources/install.wim")
@@ -29,7 +30,7 @@ HIDE = ("bootmgr", "sources", "efi", "install.wim", "microsoft")
 
 
 def test_iso_with_joliet_and_rock_ridge_names(tmp_path: Path) -> None:
-    layout = layout_of(gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")))
+    layout = layout_of(mi.xorriso_media(tmp_path / "w.iso", mi.media_tree(tmp_path / "t")))
     assert layout.partition_table == "none" and layout.filesystem == "iso9660" and layout.problems == ()
     assert layout.windows_media == tuple(f"{tree}: {path}" for tree in ("ISO 9660", "Joliet") for path in ALL)
     (evidence,) = os_evidence(layout).windows
@@ -37,20 +38,20 @@ def test_iso_with_joliet_and_rock_ridge_names(tmp_path: Path) -> None:
 
 
 def test_install_esd_is_evidence_too(tmp_path: Path) -> None:
-    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.esd"))
-    layout = layout_of(gi.xorriso_media(tmp_path / "w.iso", tree, "-joliet-long"))
+    tree = mi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.esd"))
+    layout = layout_of(mi.xorriso_media(tmp_path / "w.iso", tree, "-joliet-long"))
     assert layout.windows_media == ("ISO 9660: sources/install.esd", "Joliet: sources/install.esd")
 
 
 def test_udf_bridge_is_read_through_all_three_trees(tmp_path: Path) -> None:
-    layout = layout_of(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")))
+    layout = layout_of(mi.udf_bridge(tmp_path / "w.iso", mi.media_tree(tmp_path / "t")))
     assert layout.filesystem == "udf" and layout.problems == ()
     assert layout.windows_media == tuple(f"{tree}: {path}" for tree in ("ISO 9660", "Joliet", "UDF") for path in ALL)
 
 
 def test_files_only_udf_lists_are_found(tmp_path: Path) -> None:
     """The ISO 9660, Joliet and Rock Ridge trees show a README and renamed files; Windows reads UDF."""
-    image = gi.hide_from_iso9660(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")), HIDE)
+    image = mi.hide_from_iso9660(mi.udf_bridge(tmp_path / "w.iso", mi.media_tree(tmp_path / "t")), HIDE)
     listing = db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
     assert "README.TXT" in listing and "bootmgr" not in listing and "sources" not in listing
     layout = layout_of(image)
@@ -60,7 +61,7 @@ def test_files_only_udf_lists_are_found(tmp_path: Path) -> None:
 
 def test_udf_reserve_sequence_is_read_when_the_main_one_is_damaged(tmp_path: Path) -> None:
     """Readers fall back to the reserve volume descriptor sequence; so does this one."""
-    image = gi.hide_from_iso9660(gi.udf_bridge(tmp_path / "w.iso", gi.media_tree(tmp_path / "t")), HIDE)
+    image = mi.hide_from_iso9660(mi.udf_bridge(tmp_path / "w.iso", mi.media_tree(tmp_path / "t")), HIDE)
     anchor = image.read_bytes()[256 * 2048 : 256 * 2048 + 32]
     main_length, main, reserve_length, reserve = struct.unpack_from("<IIII", anchor, 16)
     assert main != reserve
@@ -74,7 +75,7 @@ def test_udf_reserve_sequence_is_read_when_the_main_one_is_damaged(tmp_path: Pat
 def test_rock_ridge_names_alone_are_read(tmp_path: Path) -> None:
     """Without Joliet, and ISO 9660 names renamed: only the Rock Ridge NM names say bootmgr."""
     image = tmp_path / "w.iso"
-    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(gi.media_tree(tmp_path / "t")))
+    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(mi.media_tree(tmp_path / "t")))
     data = image.read_bytes()
     image.write_bytes(data.replace(b"BOOTMGR.;1", b"QOOTMGR.;1").replace(b"BOOTMGR;1", b"QOOTMGR;1"))
     assert "ISO 9660: bootmgr" in layout_of(image).windows_media
@@ -85,17 +86,17 @@ def test_a_directory_only_the_path_table_lists_is_read(tmp_path: Path) -> None:
     name): Linux walks the records and misses it; the L and M path tables, which some readers use to
     find a directory, still list SOURCES (a path table entry has no length byte before its name)."""
     image = tmp_path / "w.iso"
-    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.wim"))
+    tree = mi.media_tree(tmp_path / "t", ("README.TXT", "sources/install.wim"))
     db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(tree))
     assert image.read_bytes().count(b"\x07SOURCES") == 1
-    gi.hide_from_iso9660(image, ("sources",))
+    mi.hide_from_iso9660(image, ("sources",))
     listing = db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
     assert "sources" not in listing and "qources/install.wim" in listing
     assert layout_of(image).windows_media == ("ISO 9660 path table: sources/install.wim",)
 
 
 def test_a_path_table_over_the_limit_is_a_problem(tmp_path: Path) -> None:
-    image = gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t"))
+    image = mi.xorriso_media(tmp_path / "w.iso", mi.media_tree(tmp_path / "t"))
     size = MAX_PATH_TABLE + 2  # the primary volume's path table size, both-endian
     db.overwrite(image, (32 << 10) + 132, size.to_bytes(4, "little") + size.to_bytes(4, "big"))
     layout = layout_of(image)
@@ -103,15 +104,15 @@ def test_a_path_table_over_the_limit_is_a_problem(tmp_path: Path) -> None:
 
 
 def test_udf_alone_written_by_udfclient(tmp_path: Path) -> None:
-    layout = layout_of(gi.udf_media(tmp_path / "w.udf"))
+    layout = layout_of(mi.udf_media(tmp_path / "w.udf"))
     assert layout.filesystem == "udf" and layout.problems == ()
     assert layout.windows_media == tuple(f"UDF: {path}" for path in ALL)
 
 
 def test_linux_media_are_not_windows_evidence(tmp_path: Path) -> None:
-    tree = gi.media_tree(tmp_path / "t", ("README.TXT", "efi/boot/bootx64.efi", "boot/grub/grub.cfg",
+    tree = mi.media_tree(tmp_path / "t", ("README.TXT", "efi/boot/bootx64.efi", "boot/grub/grub.cfg",
                                           "casper/vmlinuz", "sources.list"))
-    for image in (gi.xorriso_media(tmp_path / "l.iso", tree), gi.udf_bridge(tmp_path / "l.udf", tree)):
+    for image in (mi.xorriso_media(tmp_path / "l.iso", tree), mi.udf_bridge(tmp_path / "l.udf", tree)):
         layout = layout_of(image)
         assert layout.windows_media == () and layout.problems == () and os_evidence(layout).detected == "unknown"
 
@@ -123,7 +124,7 @@ def test_hybrid_iso_with_a_gpt_is_read_at_the_whole_disk(tmp_path: Path) -> None
     with open(efi, "wb") as handle:
         handle.truncate(1440 << 10)
     db.run("mkfs.vfat", str(efi))
-    image = gi.xorriso_media(tmp_path / "w.iso", gi.media_tree(tmp_path / "t"), "-append_partition", "2",
+    image = mi.xorriso_media(tmp_path / "w.iso", mi.media_tree(tmp_path / "t"), "-append_partition", "2",
                              "0xef", str(efi), "-appended_part_as_gpt")
     layout = layout_of(image)
     assert layout.partition_table == "gpt" and layout.filesystem == "iso9660"
@@ -153,9 +154,9 @@ def test_too_many_directories_is_a_problem(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def media_bytes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     base = tmp_path_factory.mktemp("media")
-    return {"bridge": gi.udf_bridge(base / "w.iso", gi.media_tree(base / "t")).read_bytes(),
-            "fat": gi.fat_media(base / "w.fat", 16, size=16 * gi.MIB).read_bytes(),
-            "exfat": gi.exfat_media(base / "w.exfat").read_bytes()}
+    return {"bridge": mi.udf_bridge(base / "w.iso", mi.media_tree(base / "t")).read_bytes(),
+            "fat": mi.fat_media(base / "w.fat", 16, size=16 * gi.MIB).read_bytes(),
+            "exfat": mi.exfat_media(base / "w.exfat").read_bytes()}
 
 
 @settings(derandomize=True, max_examples=80, deadline=None)
@@ -191,14 +192,14 @@ def test_fuzz_media_never_raises_nor_reads_past_the_cap(media_bytes: dict[str, b
 def test_fat_installation_media_short_and_long_names(tmp_path: Path, bits: int) -> None:
     """``microsoft`` has the short name ``MICROS~1``: only its long name matches."""
     size = {12: 8, 16: 40, 32: 40}[bits] * gi.MIB
-    layout = layout_of(gi.fat_media(tmp_path / "w.img", bits, size=size))
+    layout = layout_of(mi.fat_media(tmp_path / "w.img", bits, size=size))
     assert layout.filesystem == "vfat" and layout.problems == ()
     assert layout.windows_media == tuple(f"FAT: {path}" for path in ALL)
     assert os_evidence(layout).detected == "windows"
 
 
 def test_a_long_name_whose_checksum_fails_is_ignored_as_readers_ignore_it(tmp_path: Path) -> None:
-    image = gi.fat_media(tmp_path / "w.img", 32)
+    image = mi.fat_media(tmp_path / "w.img", 32)
     data = bytearray(image.read_bytes())
     at = data.find("micro".encode("utf-16-le"))  # the long-name entry of efi/microsoft
     assert at > 0
@@ -209,7 +210,7 @@ def test_a_long_name_whose_checksum_fails_is_ignored_as_readers_ignore_it(tmp_pa
 
 def test_a_fat_directory_chain_past_the_limit_is_a_problem(tmp_path: Path) -> None:
     """The root directory's chain in the first FAT is edited to run on for MAX_CHAIN + 40 clusters."""
-    image = gi.fat_media(tmp_path / "w.img", 32)
+    image = mi.fat_media(tmp_path / "w.img", 32)
     data = image.read_bytes()
     reserved, root = struct.unpack_from("<H", data, 14)[0], struct.unpack_from("<I", data, 44)[0]
     links = b"".join(struct.pack("<I", n + 1) for n in range(root, root + MAX_CHAIN + 40))
@@ -221,7 +222,7 @@ def test_fat32_active_fat_without_mirroring_is_followed_too(tmp_path: Path) -> N
     """ExtFlags 0x81: mirroring off, FAT 2 active (Windows reads it); FAT 1 (Linux's) ends the root
     directory after its first cluster, before the entries of the Windows files."""
     fillers = tuple(f"readme{number:02}.txt" for number in range(20))
-    image = gi.fat_media(tmp_path / "w.img", 32, (*fillers, *gi.WINDOWS_MEDIA_FILES))
+    image = mi.fat_media(tmp_path / "w.img", 32, (*fillers, *mi.WINDOWS_MEDIA_FILES))
     data = image.read_bytes()
     reserved, root = struct.unpack_from("<H", data, 14)[0], struct.unpack_from("<I", data, 44)[0]
     fat_size, cluster = struct.unpack_from("<I", data, 36)[0] * 512, data[13] * 512
@@ -234,13 +235,13 @@ def test_fat32_active_fat_without_mirroring_is_followed_too(tmp_path: Path) -> N
 
 
 def test_fat_linux_esp_is_not_windows_evidence(tmp_path: Path) -> None:
-    image = gi.fat_media(tmp_path / "esp.img", 32, ("EFI/BOOT/BOOTX64.EFI", "EFI/ubuntu/grub.cfg"))
+    image = mi.fat_media(tmp_path / "esp.img", 32, ("EFI/BOOT/BOOTX64.EFI", "EFI/ubuntu/grub.cfg"))
     layout = layout_of(image)
     assert layout.windows_media == () and os_evidence(layout).detected == "unknown"
 
 
 def test_fat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
-    image = gi.fat_media(tmp_path / "w.img", 16)
+    image = mi.fat_media(tmp_path / "w.img", 16)
     db.overwrite(image, 14, b"\0\0")  # no reserved sectors
     layout = layout_of(image)
     assert layout.filesystem == "vfat" and problem_codes(layout) == ["media.fat_unreadable"]
@@ -251,15 +252,15 @@ def test_fat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
 
 def test_exfat_installation_media(tmp_path: Path) -> None:
     """mkfs.exfat, then entry sets written by test code (no tool writes exFAT unmounted); fsck.exfat
-    accepts the volume (:func:`tests.guest_images.exfat_media`)."""
-    layout = layout_of(gi.exfat_media(tmp_path / "w.img"))
+    accepts the volume (:func:`tests.media_images.exfat_media`)."""
+    layout = layout_of(mi.exfat_media(tmp_path / "w.img"))
     assert layout.filesystem == "exfat" and layout.problems == ()
     assert layout.windows_media == tuple(f"exFAT: {path}" for path in ALL)
     assert os_evidence(layout).detected == "windows"
 
 
 def test_exfat_entry_set_whose_checksum_fails_is_ignored_as_fsck_ignores_it(tmp_path: Path) -> None:
-    image = gi.exfat_media(tmp_path / "w.img")
+    image = mi.exfat_media(tmp_path / "w.img")
     data = bytearray(image.read_bytes())
     data[data.find("bootmgr".encode("utf-16-le"))] ^= 1
     image.write_bytes(bytes(data))
@@ -269,6 +270,6 @@ def test_exfat_entry_set_whose_checksum_fails_is_ignored_as_fsck_ignores_it(tmp_
 
 
 def test_exfat_impossible_geometry_is_a_problem(tmp_path: Path) -> None:
-    image = gi.exfat_media(tmp_path / "w.img")
+    image = mi.exfat_media(tmp_path / "w.img")
     db.overwrite(image, 109, b"\x20")  # 2^32 sectors per cluster
     assert problem_codes(layout_of(image)) == ["media.fat_unreadable"]

@@ -55,21 +55,9 @@ def test_gpts_of_512_and_4096_byte_sectors_are_both_read(tmp_path: Path) -> None
     assert os_evidence(layout).windows == ("GPT 4096 partition 1: ntfs",)
 
 
-def _gpt_disk_of(path: Path, size: int, lines: str) -> Path:
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    db.run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path), stdin=f"label: gpt\n{lines}".encode())
-    return path
-
-
 def test_a_valid_backup_gpt_listing_more_than_the_primary_is_read(tmp_path: Path) -> None:
     """Primary: ext4 only; backup (valid on its own, from a second sfdisk disk): ext4 and NTFS."""
-    ext4 = f"start=2048, size=16384, type={gi.LINUX_FS_GUID}\n"
-    disk = _gpt_disk_of(tmp_path / "d.raw", 24 * gi.MIB, ext4)
-    both = _gpt_disk_of(tmp_path / "b.raw", 24 * gi.MIB, ext4 + f"start=18432, size=16384, type={gi.NTFS_TYPE}\n")
-    gi.gpt_backup_from(disk, both)
-    gi.splice(disk, 18432 * 512, gi.filesystem_file(tmp_path / "n.fs", "ntfs"))
-    layout = layout_of(disk)
+    layout = layout_of(gi.gpt_backup_differs(tmp_path / "d.raw"))
     assert [(p.table, p.index, p.filesystem) for p in layout.partitions] == [
         ("GPT", 1, None), ("GPT backup", 2, "ntfs")]
     assert problem_codes(layout) == ["partition.gpt_backup_differs"]
