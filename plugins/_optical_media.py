@@ -270,13 +270,14 @@ def _udf_tree(reader: MediaReader, base: int, size: int) -> tuple[str, object, L
         reader.problem("media.udf_unreadable", "UDF volume recognised but no anchor volume descriptor found")
         return None
     block, anchor = found
-    volume = None
+    reasons = []
     for extent in (16, 24):  # the main volume descriptor sequence, then the reserve one, as readers fall back
         volume = _volume(reader, base, block, _u32(anchor, extent + 4), _u32(anchor, extent))
-        if volume is not None:
+        if not isinstance(volume, str):
             break
-    if volume is None:
-        reader.problem("media.udf_unreadable", "UDF volume: no logical volume with a physical partition map")
+        reasons.append(volume)
+    else:
+        reader.problem("media.udf_unreadable", f"UDF volume: {'; '.join(dict.fromkeys(reasons))}")
         return None
     partitions, maps, fsd = volume
 
@@ -297,11 +298,11 @@ def _udf_tree(reader: MediaReader, base: int, size: int) -> tuple[str, object, L
 
 
 def _volume(reader: MediaReader, base: int, block: int, location: int,
-            length: int) -> tuple[dict[int, int], list[int], tuple[int, int]] | None:
+            length: int) -> tuple[dict[int, int], list[int], tuple[int, int]] | str:
     """Partition starts, partition maps and file set descriptor location of one volume descriptor
-    sequence, or None if it has no usable logical volume."""
+    sequence, or why it has no usable logical volume."""
     partitions: dict[int, int] = {}
-    maps: list[int] = []
+    maps: list[int] | str = []
     fsd: tuple[int, int] | None = None
     for number in range(min(length // block, MAX_UDF_DESCRIPTORS)):
         descriptor = reader.read(base + (location + number) * block, block)
@@ -310,27 +311,29 @@ def _volume(reader: MediaReader, base: int, block: int, location: int,
             partitions[_u16(descriptor, 22)] = _u32(descriptor, 188)
         elif tag == 6:
             fsd = (_u32(descriptor, 252), _u16(descriptor, 256))
-            maps = _partition_maps(reader, descriptor)
+            maps = _partition_maps(descriptor)
         elif tag in (8, -1, 0):
             break
+    if isinstance(maps, str):
+        return maps
     if fsd is None or not maps or any(m not in partitions for m in maps):
-        return None
+        return "no logical volume with a partition map of a partition descriptor"
     return partitions, maps, fsd
 
 
-def _partition_maps(reader: MediaReader, lvd: bytes) -> list[int]:
-    """The partition number behind each partition map: type 1 (physical) and sparable type 2 maps."""
+def _partition_maps(lvd: bytes) -> list[int] | str:
+    """The partition number behind each partition map (type 1, physical, and type 2 sparable maps),
+    or why they cannot be read."""
     maps, position = [], 440
     for _number in range(min(_u32(lvd, 268), 8)):
         kind, length = (lvd[position], lvd[position + 1]) if len(lvd) > position + 1 else (0, 0)
+        ident = bytes(lvd[position + 5 : position + 28]).rstrip(b"\0")
         if kind == 1 and length == 6:
             maps.append(_u16(lvd, position + 4))
-        elif kind == 2 and length == 64 and lvd[position + 5 : position + 28].startswith(b"UDF Sparable Partition"):
+        elif kind == 2 and length == 64 and ident == b"*UDF Sparable Partition":
             maps.append(_u16(lvd, position + 38))
         else:
-            ident = bytes(lvd[position + 5 : position + 28]).rstrip(b"\0").decode("ascii", errors="replace")
-            reader.problem("media.udf_unreadable", f"UDF partition map of type {kind} ({ident!r}) is not read")
-            return []
+            return f"a partition map of type {kind} ({ident.decode('ascii', errors='replace')!r}) is not read"
         position += length
     return maps
 

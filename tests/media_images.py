@@ -60,12 +60,14 @@ def hide_from_iso9660(path: Path, names: tuple[str, ...]) -> Path:
     return path
 
 
-def udf_media(path: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: int = 8 * MIB) -> Path:
-    """A UDF volume (``mkudffs``, 512-byte blocks) with ``files`` written by ``udfclient``, which
-    writes to an image file without mounting it."""
+def udf_media(path: Path, files: tuple[str, ...] = WINDOWS_MEDIA_FILES, size: int = 8 * MIB,
+              *mkudffs: str) -> Path:
+    """A UDF volume (``mkudffs``, 512-byte blocks, with the ``mkudffs`` options given) with ``files``
+    written by ``udfclient``, which writes to an image file without mounting it."""
     with open(path, "wb") as handle:
         handle.truncate(size)
-    run("mkudffs", "--media-type=hd", "--blocksize=512", "--uuid=0123456789abcdef", "--label=MEDIA", str(path))
+    run("mkudffs", "--media-type=hd", "--blocksize=512", "--uuid=0123456789abcdef", "--label=MEDIA", *mkudffs,
+        str(path))
     source = media_tree(path.with_name(f"{path.name}.tree"), files)
     volume = "0123456789abcdefLinuxUDF:MEDIA:MEDIA:LinuxUDF"
     tops = sorted({name.split("/", 1)[0] for name in files})

@@ -109,6 +109,27 @@ def test_udf_alone_written_by_udfclient(tmp_path: Path) -> None:
     assert layout.windows_media == tuple(f"UDF: {path}" for path in ALL)
 
 
+@pytest.mark.parametrize("option", ["--ad=short", "--ad=long", "--noefe", "--spartable", "--udfrev=1.02"])
+def test_udf_layouts_mkudffs_makes(tmp_path: Path, option: str) -> None:
+    """Short and long allocation descriptors (the default embeds them), plain File Entries, a sparable
+    partition map, UDF 1.02 as Windows media use; udfinfo counts the files udfclient wrote."""
+    image = mi.udf_media(tmp_path / "w.udf", ("bootmgr", "efi/microsoft/boot/bcd"), 8 * gi.MIB, option)
+    assert "numfiles=2\n" in db.run("udfinfo", str(image)).stdout.decode()
+    layout = layout_of(image)
+    assert layout.windows_media == ("UDF: bootmgr", "UDF: efi/microsoft/") and layout.problems == ()
+
+
+def test_a_udf_volume_this_reader_cannot_walk_is_a_problem(tmp_path: Path) -> None:
+    """mkudffs for a CD-R: a virtual partition map (VAT), which is not read: fail closed."""
+    image = tmp_path / "vat.udf"
+    with open(image, "wb") as handle:
+        handle.truncate(8 * gi.MIB)
+    db.run("mkudffs", "--media-type=cdr", "--blocksize=512", str(image))
+    layout = layout_of(image)
+    assert layout.filesystem == "udf" and problem_codes(layout) == ["media.udf_unreadable"]
+    assert "Virtual Partition" in layout.problems[0][1]
+
+
 def test_linux_media_are_not_windows_evidence(tmp_path: Path) -> None:
     tree = mi.media_tree(tmp_path / "t", ("README.TXT", "efi/boot/bootx64.efi", "boot/grub/grub.cfg",
                                           "casper/vmlinuz", "sources.list"))
