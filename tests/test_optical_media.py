@@ -81,6 +81,31 @@ def test_rock_ridge_names_alone_are_read(tmp_path: Path) -> None:
     assert "ISO 9660: bootmgr" in layout_of(image).windows_media
 
 
+def test_a_rock_ridge_name_in_a_continuation_area_is_read(tmp_path: Path) -> None:
+    """xorriso splits a 200-letter name's NM entry between the record and a CE continuation area; the
+    record's part becomes padding (PD) and the continued part ``bootmgr``, which xorriso then lists."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / ("b" * 200)).write_bytes(b"x")
+    image = tmp_path / "w.iso"
+    db.run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-o", str(image), str(tree))
+    data = bytearray(image.read_bytes())
+    first, rest = data.find(b"NMx\x01\x01"), data.find(b"NMZ\x01\x00")  # 120 bytes (CONTINUE), then 90 in CE
+    assert 0 < first < rest
+    data[first : first + 2] = b"PD"
+    data[rest : rest + 16] = b"NM\x0c\x01\x00bootmgrST\x04\x01"
+    image.write_bytes(bytes(data))
+    assert "'/bootmgr'" in db.run("xorriso", "-indev", str(image), "-find", "/").stdout.decode()
+    assert layout_of(image).windows_media == ("ISO 9660: bootmgr",)
+
+
+def test_an_impossible_iso_block_size_is_a_problem(tmp_path: Path) -> None:
+    image = mi.xorriso_media(tmp_path / "w.iso", mi.media_tree(tmp_path / "t"))
+    db.overwrite(image, (32 << 10) + 128, struct.pack("<H", 3) + struct.pack(">H", 3))
+    layout = layout_of(image)
+    assert problem_codes(layout) == ["media.iso_block_size"] and layout.windows_media[0].startswith("Joliet: ")
+
+
 def test_a_directory_only_the_path_table_lists_is_read(tmp_path: Path) -> None:
     """ISO 9660 with Rock Ridge (no Joliet) whose sources directory record is renamed (ISO and Rock Ridge
     name): Linux walks the records and misses it; the L and M path tables, which some readers use to
