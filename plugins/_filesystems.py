@@ -63,8 +63,8 @@ def _boot_sector(reader: Prober, head: bytes, where: str) -> str | None:
 def _ext(head: bytes) -> str | None:
     """ext2/3/4 from the superblock at 1024: extents, 64bit or flex_bg → ext4, a journal → ext3."""
     sb = head[1024:2048]
-    if sb[56:58] != b"\x53\xef":
-        return None
+    if sb[56:58] != b"\x53\xef" or not _u32(sb, 0) or not _u32(sb, 4) or _u32(sb, 24) > 6 or _u32(sb, 20) > 1:
+        return None  # also sane inode and block counts, block size and first data block: not stray bytes
     compat, incompat = _u32(sb, 0x5C), _u32(sb, 0x60)
     if incompat & (0x40 | 0x80 | 0x200):
         return "ext4"
@@ -139,21 +139,27 @@ class OsEvidence:
 
 
 def os_evidence(layout: GuestLayout) -> OsEvidence:
-    """Windows evidence: an NTFS, BitLocker or ReFS volume, or a partition type only Windows makes.
+    """Windows evidence: an NTFS, BitLocker or ReFS volume, a partition type only Windows makes, or
+    Windows boot and setup files on installation media (ISO 9660 or UDF).
 
     Linux evidence: ext2/3/4, XFS, Btrfs, swap or an LVM physical volume. FAT (an EFI system
-    partition), exFAT, ISO 9660, UDF and LUKS point at neither.
+    partition), exFAT, ISO 9660, UDF and LUKS point at neither. A partition is named by its index,
+    with its table's name first when the partitions come from more than one table (``MBR partition 1``).
     """
     windows: list[str] = []
     linux: list[str] = []
-    found = [(f"partition {p.index}", p.filesystem, p.type_id) for p in layout.partitions]
+    tables = {p.table for p in layout.partitions}
+    found = [(f"partition {p.index}" if len(tables) == 1 else f"{p.table} partition {p.index}",
+              p.filesystem, p.type_id, p.windows_media) for p in layout.partitions]
     if layout.filesystem is not None:
-        found.append(("whole disk", layout.filesystem, ""))
-    for where, filesystem, type_id in found:
+        found.append(("whole disk", layout.filesystem, "", layout.windows_media))
+    for where, filesystem, type_id, media in found:
         if filesystem in WINDOWS_FILESYSTEMS:
             windows.append(f"{where}: {filesystem}")
         elif filesystem in LINUX_FILESYSTEMS:
             linux.append(f"{where}: {filesystem}")
         if type_id in WINDOWS_PARTITION_TYPES:
             windows.append(f"{where}: {WINDOWS_PARTITION_TYPES[type_id]}")
+        if media:
+            windows.append(f"{where}: Windows installation media ({', '.join(media)})")
     return OsEvidence(tuple(windows), tuple(linux))

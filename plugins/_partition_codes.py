@@ -25,8 +25,9 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
     _code("partition.bad_range", "A partition ends before it starts.",
           "A GPT entry's last LBA is below its first LBA; the entry is ignored." + _WHY),
     _code("partition.mbr_entry", "The MBR partition table is damaged.",
-          "An MBR or EBR entry has an invalid status byte, zero sectors, a second extended partition, or an "
-          "EBR lacks its 0x55AA signature. The entry is ignored." + _WHY),
+          "An MBR or EBR entry has an invalid status byte (the entry is still read: some reader may use it), "
+          "zero sectors (ignored), a second extended partition (its chain is read too, as Linux does), or an "
+          "EBR lacks its 0x55AA signature." + _WHY),
     _code("partition.ebr_loop", "The chain of logical partitions loops.",
           "An EBR links back to one already read; the chain is followed no further." + _WHY),
     _code("partition.ebr_count", "The disk has too many logical partitions.",
@@ -38,8 +39,43 @@ CODES: dict[str, FindingCode] = {code.code: code for code in (
     _code("partition.gpt_protective_mbr", "The GPT disk has no protective MBR.",
           "Sector 0 of a GPT disk has no entry of type 0xee." + _WHY),
     _code("partition.gpt_hybrid_mbr", "The disk has both a GPT and an MBR of its own.",
-          "A hybrid MBR beside a GPT, as hybrid installer ISOs have; firmware may follow either table.",
-          Severity.INFO),
+          "A hybrid MBR beside a GPT, as hybrid installer ISOs have, or an MBR without the protective entry "
+          "(then firmware, Linux and Windows use the MBR). Both tables are read and every partition either "
+          "lists is checked.", Severity.INFO),
+    _code("partition.tables_disagree", "The disk's MBR and GPT list different partitions.",
+          "An MBR entry beside a GPT is not a mirror of a GPT partition (same start and size): readers that "
+          "follow the MBR see a partition that readers of the GPT do not. Both are checked." + _WHY),
+    _code("partition.gpt_sector_sizes", "The disk has GPTs for two sector sizes.",
+          "GPT headers at LBA 1 of both 512- and 4096-byte sectors: a disk presented with either sector size "
+          "shows a different table. Both are read and every partition either lists is checked." + _WHY),
+    _code("partition.mbr_sector_size", "The MBR points at filesystems for two sector sizes.",
+          "Read as a disk of 4096-byte logical sectors reads it (4Kn), the MBR's entries point at "
+          "filesystems that the usual 512-byte reading does not: a disk presented with either sector size "
+          "shows different partitions. Both readings are checked." + _WHY),
+    _code("partition.gpt_backup_differs", "The backup GPT lists partitions the primary does not.",
+          "The backup GPT (at the primary's alternate LBA or in the last sector) is valid but lists "
+          "partitions the primary does not; tools that read the backup see them. They are checked too."
+          + _WHY),
+    _code("partition.whole_disk_filesystem", "A filesystem starts at sector 0 beside a partition table.",
+          "A filesystem signature at byte 0 of a disk that also has a partition table (not an ISO 9660 or "
+          "UDF hybrid): a reader of the whole disk (a superfloppy) sees that filesystem, a reader of the "
+          "table sees the partitions. Both are checked." + _WHY),
+    _code("media.directories", "Installation media hold too many directories to check.",
+          "Looking up the Windows boot and setup files of an ISO 9660, Joliet, UDF, FAT or exFAT tree needed "
+          "more directory reads than allowed (16 per tree), an ISO 9660 path table is larger than 1 MiB, or "
+          "a FAT or exFAT directory is longer than 256 clusters: a file past that point could be missed, so "
+          "the disk is rejected.", Severity.ERROR),
+    _code("media.iso_block_size", "An ISO 9660 volume gives an impossible block size.",
+          "An ISO 9660 volume descriptor names a logical block size other than 512, 1024 or 2048 bytes; its "
+          "tree is not read, so Windows setup files in it could be missed. Rejected.", Severity.ERROR),
+    _code("media.fat_unreadable", "A FAT or exFAT volume could not be read.",
+          "A FAT or exFAT boot sector gives an impossible geometry (sector or cluster size, no reserved "
+          "sectors or FATs), so Windows setup files on it could be missed. Rejected.", Severity.ERROR),
+    _code("media.udf_unreadable", "A UDF volume could not be read.",
+          "A UDF volume is recognised but its anchor, logical volume (in the main or the reserve volume "
+          "descriptor sequence), partition maps (only physical and sparable ones are read, not virtual or "
+          "metadata partitions) or file set descriptor could not be read, so Windows setup files in it "
+          "could be missed. Rejected.", Severity.ERROR),
     _code("partition.gpt_header", "The GPT header is damaged.",
           "The GPT header's size field is out of range." + _WHY),
     _code("partition.gpt_crc", "The GPT fails its checksum.",

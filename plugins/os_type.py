@@ -10,9 +10,15 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
   guest offsets through its own mapping by ``qemu-img convert`` of ``json:`` raw slices
   (:func:`._qemu.read_guest`), under ``ProcessLimits``, backing files disabled, and only if that
   format's own plugin ran. Blocks of 128 KiB are fetched and cached; a layout costs two or
-  three qemu-img runs, whatever the disk's size. A LUKS disk is encrypted: nothing to read.
+  three qemu-img runs, whatever the disk's size, plus about one per directory looked up on
+  installation media. A LUKS disk is encrypted: nothing to read.
+* Every partition table is read and every partition any of them lists is checked, and the whole
+  disk is probed beside a table: where firmware, Linux and Windows could disagree, the union is read
+  (:mod:`._partition_tables`). ISO 9660, UDF, FAT and exFAT filesystems are searched for Windows
+  setup files in all their trees and names (:mod:`._optical_media`, :mod:`._fat_media`,
+  :mod:`._exfat_media`).
 * Verdicts: Windows evidence (an NTFS, BitLocker or ReFS volume, a partition type only Windows
-  makes) with any other claim → ``os_type.mismatch`` (reject); a ``windows`` claim with only
+  makes, Windows installation media) with any other claim → ``os_type.mismatch`` (reject); a ``windows`` claim with only
   Linux filesystems → ``os_type.not_windows`` (warning); a claim with nothing to tell by →
   ``os_type.unverified`` at the ``unverified`` option's severity (default info, accept).
   A disk that cannot be read is ``os_type.read_failed`` (reject: fail closed).
@@ -50,8 +56,10 @@ MISMATCH = FindingCode(
     "os_type.mismatch",
     "The disk holds Windows, but the image claims another os_type. Import it with os_type windows.",
     "The claimed os_type is not windows, yet the guest disk has Windows evidence: an NTFS, BitLocker or "
-    "ReFS volume, or a partition type only Windows makes (Microsoft reserved, Windows recovery, dynamic "
-    "disk, Storage Spaces). The detail lists the evidence. Clouds that "
+    "ReFS volume, a partition type only Windows makes (Microsoft reserved, Windows recovery, dynamic "
+    "disk, Storage Spaces), or Windows installation media (bootmgr, efi/microsoft, sources/install.wim or "
+    "install.esd in an ISO 9660, Joliet, Rock Ridge, UDF, FAT or exFAT tree), found through any partition table or "
+    "reader of the disk. The detail lists the evidence. Clouds that "
     "license Windows per instance protect os_type for exactly this case.",
 )
 NOT_WINDOWS = FindingCode(
@@ -65,9 +73,9 @@ UNVERIFIED = FindingCode(
     "os_type.unverified",
     "The disk's operating system could not be verified.",
     "The request claims an os_type, but nothing on the disk tells Windows from Linux: it is empty, "
-    "encrypted, holds only filesystems "
-    "both use (FAT, exFAT, ISO 9660, UDF), or its format is not read here. The severity is the "
-    "plugin.os_type.unverified option (default info: accept).",
+    "encrypted, holds only filesystems both use (FAT, exFAT, ISO 9660 or UDF without Windows setup files), "
+    "or its format is not read here. The severity is the plugin.os_type.unverified option (default info: "
+    "accept).",
     Severity.INFO,
 )
 READ_FAILED = FindingCode(

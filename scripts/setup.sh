@@ -23,10 +23,13 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 # --- 1. system packages -------------------------------------------------------
 # qemu-utils: qemu-img (samples, tests); libmagic1, libarchive13: python-magic and
 # libarchive-c; the mkfs (udftools: mkudffs), partitioning, compression, ISO (xorriso) and LUKS
-# (cryptsetup-bin) tools build test images; zip builds the zip fixtures (tests/zip_images.py).
+# (cryptsetup-bin) tools build test images; zip builds the zip fixtures (tests/zip_images.py);
+# genisoimage (mkisofs -udf: UDF-bridge media, also for tests/test_oslo_parity.py), udfclient (writes
+# files into a UDF image without mounting) and mtools (the same for FAT) build Windows installation
+# media for the os_type tests.
 APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
-              fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin udftools zip
-              genisoimage)  # mkisofs -udf: the ISO 9660 + UDF bridge oslo.utils tests (tests/test_oslo_parity.py)
+              fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin udftools
+              zip genisoimage udfclient mtools)
 
 # A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
 # want of ensurepip leaves one without).

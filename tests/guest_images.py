@@ -6,7 +6,8 @@ copies only the non-zero chunks, so a 300 MiB XFS partition stays sparse.
 
 System packages (Debian), beside those of :mod:`tests.disk_builders`: util-linux (``mkswap``),
 btrfs-progs (``mkfs.btrfs``), udftools (``mkudffs``), fdisk (``fdisk -b 4096`` for a GPT of
-4096-byte sectors).
+4096-byte sectors, ``sfdisk --label-nested dos`` for hybrid MBRs). Installation media are
+:mod:`tests.media_images`'.
 """
 
 from __future__ import annotations
@@ -113,6 +114,17 @@ def gpt_4k_disk(path: Path, kind: str) -> int:
     return MIB
 
 
+def mbr_4k_disk(path: Path, kind: str) -> int:
+    """An MBR of 4096-byte logical sectors (``fdisk -b 4096``, a 4Kn disk's) with one partition at
+    LBA 256 (1 MiB; sector 256 is 128 KiB in 512-byte sectors) holding ``kind``; returns its offset."""
+    with open(path, "wb") as handle:
+        handle.truncate(SIZE[kind] + 2 * MIB)
+    last = 256 + SIZE[kind] // 4096 - 1
+    run("fdisk", "-b", "4096", str(path), stdin=f"o\nn\np\n1\n256\n{last}\nw\n".encode())
+    splice(path, MIB, filesystem_file(path.with_name(f"{path.name}.p1"), kind))
+    return MIB
+
+
 def lvm_label(path: Path, size: int = 4 * MIB) -> Path:
     """A disk whose sector 1 holds an LVM2 physical-volume label header (``LABELONE`` ... ``LVM2 001``),
     written field by field as lvm2's label format lays it out (no pvcreate: it needs a block device)."""
@@ -148,4 +160,102 @@ def refs_volume(path: Path, size: int = 8 * MIB) -> Path:
     with open(path, "wb") as handle:
         handle.truncate(size)
         handle.write(boot)
+    return path
+
+
+# --- disks whose partition tables disagree -------------------------------------------------------
+
+NTFS_TYPE = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+
+
+def gpt_with_nested_mbr(path: Path, mbr_lines: list[str], *, size: int = 40 * MIB) -> Path:
+    """A GPT (``sfdisk``) of one ext4 partition at 1 MiB, whose sector 0 is then rewritten by
+    ``sfdisk --label-nested dos`` with ``mbr_lines`` (no ``type=ee`` line: no protective entry)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=f"label: gpt\nstart=2048, size={SIZE['ext4'] // 512}, type={LINUX_FS_GUID}\n".encode())
+    splice(path, MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    run("sfdisk", "--label-nested", "dos", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=("\n".join(mbr_lines) + "\n").encode())
+    return path
+
+
+def gpt_two_sector_sizes(path: Path) -> Path:
+    """Two GPTs on one disk: ``fdisk -b 4096`` makes one of 4096-byte sectors (NTFS at 1 MiB), then
+    ``sgdisk -j 64`` one of 512-byte sectors whose entries array is moved to sector 64 so that the
+    4096-byte GPT's header (byte 4096) and entries (byte 8192) survive (ext4 at 16 MiB)."""
+    gpt_4k_disk(path, "ntfs")
+    with open(path, "r+b") as handle:
+        handle.truncate(32 * MIB)
+    before = path.read_bytes()[4096 : 8192 + 16384]
+    run("sgdisk", "-j", "64", "-n", f"1:32768:+{SIZE['ext4'] // 1024}K", "-t", "1:8300", str(path))
+    assert path.read_bytes()[4096 : 8192 + 16384] == before, "sgdisk overwrote the 4096-byte GPT"
+    splice(path, 16 * MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    return path
+
+
+def gpt_backup_from(path: Path, other: Path) -> Path:
+    """Replace ``path``'s backup GPT (its last 33 sectors) by ``other``'s, both ``sfdisk`` disks of one
+    size: each GPT stays valid on its own, and the backup lists what ``other`` lists."""
+    size = path.stat().st_size
+    assert other.stat().st_size == size
+    with open(other, "rb") as handle:
+        handle.seek(size - 33 * 512)
+        backup = handle.read()
+    with open(path, "r+b") as handle:
+        handle.seek(size - 33 * 512)
+        handle.write(backup)
+    return path
+
+
+def superfloppy_with_gpt(path: Path, size: int = 32 * MIB) -> Path:
+    """An NTFS volume over the whole disk (``mkntfs``, sector 0 its boot sector, no protective MBR)
+    whose sectors 1-33 and last 33 sectors hold a GPT made by ``sfdisk`` for the same size: one ext4
+    partition at 16 MiB. A reader of the table sees ext4; a reader of the whole disk, NTFS."""
+    table = path.with_name(f"{path.name}.gpt")
+    with open(table, "wb") as handle:
+        handle.truncate(size)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(table),
+        stdin=f"label: gpt\nstart=32768, size={SIZE['ext4'] // 512}, type={LINUX_FS_GUID}\n".encode())
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    run(*MKFS["ntfs"], str(path))
+    data = table.read_bytes()
+    with open(path, "r+b") as handle:
+        for offset in (512, size - 33 * 512):
+            handle.seek(offset)
+            handle.write(data[offset : offset + 33 * 512])
+    splice(path, 16 * MIB, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    return path
+
+
+def extended_disk_with_ntfs_in_ebr_slot_3(path: Path) -> Path:
+    """An MBR disk (``sfdisk``): an extended partition at sector 2048 holding one ext4 logical partition;
+    then the first EBR's third entry is made to point at an NTFS volume later in the extended partition.
+    Windows reads an EBR's first two entries; Linux reads all four."""
+    with open(path, "wb") as handle:
+        handle.truncate(40 * MIB)
+    run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(path),
+        stdin=b"label: dos\nstart=2048, size=79872, type=5\nstart=4096, size=16384, type=83\n")
+    splice(path, 4096 * 512, filesystem_file(path.with_name(f"{path.name}.ext4"), "ext4"))
+    splice(path, 24576 * 512, filesystem_file(path.with_name(f"{path.name}.ntfs"), "ntfs"))
+    with open(path, "r+b") as handle:
+        handle.seek(2048 * 512 + 446 + 32)
+        handle.write(struct.pack("<B3xB3xII", 0, 0x07, 24576 - 2048, SIZE["ntfs"] // 512))
+    return path
+
+
+def gpt_backup_differs(path: Path, size: int = 24 * MIB) -> Path:
+    """A GPT (``sfdisk``) listing ext4 at 1 MiB whose backup comes from a second ``sfdisk`` disk of the
+    same size that also lists a basic-data partition at sector 18432, holding NTFS: both GPTs are
+    valid; only readers of the backup see the NTFS partition."""
+    ext4 = f"start=2048, size=16384, type={LINUX_FS_GUID}\n"
+    other = path.with_name(f"{path.name}.other")
+    for disk, lines in ((path, ext4), (other, ext4 + f"start=18432, size=16384, type={NTFS_TYPE}\n")):
+        with open(disk, "wb") as handle:
+            handle.truncate(size)
+        run("sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(disk), stdin=f"label: gpt\n{lines}".encode())
+    gpt_backup_from(path, other)
+    splice(path, 18432 * 512, filesystem_file(path.with_name(f"{path.name}.ntfs"), "ntfs"))
     return path

@@ -286,7 +286,9 @@ def test_gpt_entry_past_the_end(tmp_path: Path) -> None:
     count, size = struct.unpack_from("<II", data, GPT_HEADER + 80)
     db.overwrite(disk, GPT_HEADER + 88, struct.pack("<I", zlib.crc32(bytes(data[1024 : 1024 + count * size]))))
     gi.fix_gpt_header_crc(disk)
-    assert problem_codes(layout_of(disk)) == ["partition.past_end"]
+    layout = layout_of(disk)  # the untouched backup's entry 2 now differs from the primary's: both are kept
+    assert problem_codes(layout) == ["partition.gpt_backup_differs", "partition.past_end"]
+    assert [(p.index, p.table) for p in layout.partitions] == [(1, "GPT"), (2, "GPT"), (2, "GPT backup")]
 
 
 def test_gpt_names_are_kept(tmp_path: Path) -> None:
@@ -363,3 +365,4 @@ def test_fuzz_gpt_head_never_raises(gpt_bytes: bytes, edits: list[tuple[int, byt
     assert layout.partition_table in ("mbr", "gpt", "none")
     for part in layout.partitions:
         assert isinstance(part.name, str)
+

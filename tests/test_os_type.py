@@ -267,3 +267,4 @@ def test_an_ova_whose_descriptor_names_a_windows_guest(settings, tmp_path, guest
     if verdict is Verdict.REJECT:
         detail = next(f.detail for f in result.findings if f.code == "os_type.mismatch")
         assert "OVF descriptor: guest 'win" in (detail or "")
+
