@@ -77,11 +77,17 @@ def examine(fmt: str, read: Reader, span: int) -> tuple[str, ...]:
 
 
 def _qcow2(at: _Span) -> list[str]:
-    """A backing file, the external data file bit or a data file header extension (qemu's qcow2_do_open)."""
+    """A backing file, the external data file bit or a data file header extension (qemu's qcow2_do_open).
+
+    The qcow2 magic with version 1 is qemu's older ``qcow`` format, which has a backing file too.
+    """
     head = at(0, qcow2.V3_MIN_HEADER_LENGTH)
     if len(head) < qcow2.V2_HEADER_LENGTH:
         return []
     version, backing_offset, backing_size, cluster_bits = struct.unpack_from(">IQII", head, 4)
+    if version == 1:  # qemu's older "qcow" driver opens it, backing file included
+        name = at(backing_offset, min(backing_size, qcow2.MAX_BACKING_NAME))
+        return [f"qcow (version 1) backing file {_quote(name)}"] if backing_offset else []
     if version not in (2, 3) or not qcow2.MIN_CLUSTER_BITS <= cluster_bits <= qcow2.MAX_CLUSTER_BITS:
         return []  # qemu refuses to open it
     found = []

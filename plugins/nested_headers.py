@@ -32,7 +32,7 @@ from typing import Any
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from . import _qemu
-from ._guest_layout import MBR_EXTENDED, MBR_PROTECTIVE, ReadBudgetExhausted, read_layout
+from ._guest_layout import MBR_EXTENDED, MBR_PROTECTIVE, GuestLayout, ReadBudgetExhausted, read_layout
 from ._nested_formats import SECTOR, examine, sniff
 from .os_type import DIRECT, THROUGH_QEMU, _Blocks
 
@@ -42,6 +42,9 @@ MIB = 1 << 20
 FIXED_PLACES = ((512, "sector 1"), (4096, "4 KiB LBA 1"))
 #: Probed only on a disk without partitions: where fdisk's DOS and modern defaults put partition 1.
 FIRST_PARTITION_PLACES = ((63 * SECTOR, "sector 63"), (MIB, "byte 1048576"))
+GPT_SIGNATURE = b"EFI PART"
+#: LBA 1 of a disk of 4096-byte sectors.
+GPT_4K = 4096
 DEFAULT_MAX_PROBES = 128
 DEFAULT_MAX_READ = 32 << 20
 MAX_DETAIL = 2000
@@ -128,8 +131,8 @@ class _TablesRead(Exception):
     """Raised from ``read_layout``'s prefetch: the partition tables are read; its filesystem probes are not wanted."""
 
 
-def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zero: bool) -> dict[int, tuple[str, int]]:
-    """Every place to probe: ``offset -> (name, span)``; raises _Incomplete if a table could not be read."""
+def _tables(read: Callable[[int, int], bytes], size: int, cap: int) -> GuestLayout:
+    """The partition tables as :func:`read_layout` reads them; raises _Incomplete if they need more than ``cap``."""
     tables_read = False
 
     def stop(_ranges: list[tuple[int, int]]) -> None:
@@ -140,6 +143,27 @@ def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zer
     layout = read_layout(read, size, cap=cap, prefetch=stop)
     if not tables_read and any(code == "layout.read_budget" for code, _detail in layout.problems):
         raise _Incomplete(f"the partition tables need more than max_read ({cap} bytes)")
+    return layout
+
+
+def _views(read: Callable[[int, int], bytes], size: int, cap: int) -> list[tuple[str, GuestLayout]]:
+    """The layout, and a second one where GPT headers sit at both LBA 1s: a 4Kn device reads the one at 4096."""
+    views = [("", _tables(read, size, cap))]
+    if size > 2 * GPT_4K and read(SECTOR, 8) == GPT_SIGNATURE and read(GPT_4K, 8) == GPT_SIGNATURE:
+        def hide_512_gpt(offset: int, length: int) -> bytes:
+            data = read(offset, length)  # as if LBA 1 of 512 bytes were blank
+            low, high = max(SECTOR, offset), min(2 * SECTOR, offset + len(data))
+            if low >= high:
+                return data
+            return data[: low - offset] + bytes(high - low) + data[high - offset :]
+
+        views.append(("4 KiB GPT ", _tables(hide_512_gpt, size, cap)))
+    return views
+
+
+def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zero: bool) -> dict[int, tuple[str, int]]:
+    """Every place to probe: ``offset -> (name, span)``; raises _Incomplete if a table could not be read."""
+    views = _views(read, size, cap)
     places: dict[int, tuple[str, int]] = {}
 
     def add(offset: int, name: str, span: int) -> None:
@@ -150,8 +174,10 @@ def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zer
 
     if guest_zero:
         add(0, "guest offset 0", size)
-    for part in layout.partitions:
-        add(part.start, f"partition {part.index}", part.size)
+    for prefix, view in views:
+        for part in view.partitions:
+            add(part.start, f"{prefix}partition {part.index}", part.size)
+    layout = views[0][1]
     if layout.partition_table == "gpt":  # a hybrid MBR: firmware or an MBR-only reader may follow it
         sector0 = read(0, SECTOR)
         if sector0[510:512] == b"\x55\xaa":
@@ -163,7 +189,7 @@ def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zer
                     add(first * SECTOR, f"MBR entry {number + 1}", count * SECTOR)
     for offset, name in FIXED_PLACES:
         add(offset, name, size - offset)
-    if not layout.partitions:
+    if not any(view.partitions for _prefix, view in views):
         for offset, name in FIRST_PARTITION_PLACES:
             add(offset, name, size - offset)
     return places

@@ -55,6 +55,23 @@ def gpt_disk(path: Path, size: int = DISK_SIZE) -> Path:
     return path
 
 
+#: Where :func:`dual_gpt_disk`'s 4 KiB-sector GPT puts its partition 1, in 512-byte sectors (4 MiB).
+GPT_4K_PART1 = 8192
+
+
+def dual_gpt_disk(path: Path, size: int = 32 * MIB) -> Path:
+    """A disk with two GPTs: one of 4096-byte sectors (``fdisk -b 4096``, header at byte 4096, partition 1 at
+    4 MiB) and one of 512-byte sectors (``sgdisk -j 64``, entries moved clear of it, partitions at 1 and 2 MiB).
+
+    A device of 512-byte logical sectors shows the second table, a 4Kn device the first.
+    """
+    blank(path, size)
+    first, last = GPT_4K_PART1 // 8, GPT_4K_PART1 // 4 - 1  # in 4096-byte sectors: 4 MiB to 8 MiB
+    db.run("fdisk", "-b", "4096", str(path), stdin=f"g\nn\n1\n{first}\n{last}\nw\n".encode())
+    db.run("sgdisk", "-j", "64", "-n", "1:2048:4095", "-n", "2:4096:8191", str(path))
+    return path
+
+
 def dd(image: Path, disk: Path, sector: int) -> Path:
     """Copy ``image`` into ``disk`` at ``sector`` (``dd ... conv=notrunc``)."""
     db.run("dd", f"if={image}", f"of={disk}", "bs=512", f"seek={sector}", "conv=notrunc", "status=none")
@@ -69,6 +86,9 @@ def inner(kind: str, path: Path) -> Path:
         return db.qcow2_with_backing_file(path, "/etc/passwd", "1M")
     if kind == "qcow2_data_file":
         db.qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={path}.data,data_file_raw=on", str(path), "1M")
+        return path
+    if kind == "qcow1_backing":
+        db.qemu_img("create", "-q", "-f", "qcow", "-u", "-b", "/etc/passwd", "-F", "raw", str(path), "1M")
         return path
     if kind == "qed_backing":
         db.qemu_img("create", "-q", "-f", "qed", "-u", "-b", "/etc/passwd", "-F", "raw", str(path), "1M")
@@ -92,7 +112,8 @@ def inner(kind: str, path: Path) -> Path:
 SAFE = {"qcow2_v3": "qcow2", "qcow2_v2": "qcow2", "qed": "qed", "vmdk_sparse": "vmdk", "vmdk_stream": "vmdk",
         "vhdx": "vhdx", "vhd_dynamic": "vhd", "vdi": "vdi"}
 #: Inner images that do, and a word the finding's detail must hold.
-UNSAFE = {"qcow2_backing": "backing file", "qcow2_data_file": "data file", "qed_backing": "QED backing file",
+UNSAFE = {"qcow2_backing": "backing file", "qcow1_backing": "qcow (version 1) backing file",
+          "qcow2_data_file": "data file", "qed_backing": "QED backing file",
           "vmdk_parent": "parentFileNameHint", "vmdk_descriptor": "descriptor file", "vhdx_parent": "has-parent",
           "vhd_differencing": "differencing"}
 

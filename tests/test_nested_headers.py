@@ -120,6 +120,16 @@ def test_hybrid_mbr_entry_beside_the_gpt_is_probed_too(settings, tmp_path):
     assert detail(result, "nested.unsafe").startswith(f"MBR entry 2 (byte {hidden * 512}): ")
 
 
+def test_gpt_of_4096_byte_sectors_beside_one_of_512_is_probed_too(settings, tmp_path):
+    """A 4Kn device reads the GPT at byte 4096, a 512-byte one the GPT at byte 512: both tables' partitions count."""
+    disk = ni.dual_gpt_disk(tmp_path / "dual.raw")
+    assert nested_codes(audit(settings, disk)) == []
+    ni.dd(ni.inner("qcow2_backing", tmp_path / "i.qcow2"), disk, ni.GPT_4K_PART1)
+    for path in (disk, wrap(disk, "qcow2")):
+        result = rejected_with(settings, path, "nested.unsafe")
+        assert detail(result, "nested.unsafe").startswith(f"4 KiB GPT partition 1 (byte {ni.GPT_4K_PART1 * 512}): ")
+
+
 @pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (1 << 20, "byte 1048576")])
 def test_fixed_places_of_a_disk_without_partitions(settings, tmp_path, byte, name):
     disk = disk_with(tmp_path, "qcow2_backing", table="none", sector=byte // 512)
