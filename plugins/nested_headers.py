@@ -7,7 +7,8 @@ places such readers probe on the guest disk (raw, ISO, or through a qcow2/VMDK/V
 disk's own mapping):
 
 * the start of every partition, of the MBR and of the GPT (both, where a hybrid MBR makes
-  firmware and kernel disagree on the table), including logical partitions;
+  firmware and kernel disagree on the table; both GPTs where there is one for each sector
+  size), including logical partitions and BSD disklabel slices (:mod:`._nested_places`);
 * sector 1 and the 4096-byte LBA 1 (what a reader skipping the MBR, or assuming 4 KiB sectors,
   reads first); on a disk with no partition, the conventional first-partition starts (sector 63
   and 1 MiB), where the header appears as soon as the disk is partitioned with defaults;
@@ -32,19 +33,12 @@ from typing import Any
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from . import _qemu
-from ._guest_layout import MBR_EXTENDED, MBR_PROTECTIVE, GuestLayout, ReadBudgetExhausted, read_layout
+from ._guest_layout import ReadBudgetExhausted
 from ._nested_formats import SECTOR, examine, sniff
+from ._nested_places import Incomplete, places_to_probe
 from .os_type import DIRECT, THROUGH_QEMU, _Blocks
 
 SECTION = "nested"
-MIB = 1 << 20
-#: Places probed on every disk, with how a detail names them: sector 1 and the 4096-byte LBA 1.
-FIXED_PLACES = ((512, "sector 1"), (4096, "4 KiB LBA 1"))
-#: Probed only on a disk without partitions: where fdisk's DOS and modern defaults put partition 1.
-FIRST_PARTITION_PLACES = ((63 * SECTOR, "sector 63"), (MIB, "byte 1048576"))
-GPT_SIGNATURE = b"EFI PART"
-#: LBA 1 of a disk of 4096-byte sectors.
-GPT_4K = 4096
 DEFAULT_MAX_PROBES = 128
 DEFAULT_MAX_READ = 32 << 20
 MAX_DETAIL = 2000
@@ -69,9 +63,10 @@ UNSAFE = FindingCode(
 INCOMPLETE = FindingCode(
     "nested.incomplete",
     "The disk could not be fully checked for images hidden inside it.",
-    "The disk has more partitions and probe places than [plugin.nested] max_probes, or its partition tables "
-    "and nested headers need more than max_read bytes. Fail closed; raise the limits if such disks are "
-    "expected.",
+    "The disk has more partitions and probe places than [plugin.nested] max_probes, its partition tables "
+    "and nested headers need more than max_read bytes, or it has more GPT entries (256) or logical "
+    "partitions (64) than the layout reader reads, where Linux reads on. Fail closed; raise the limits if "
+    "such disks are expected.",
 )
 READ_FAILED = FindingCode(
     "nested.read_failed",
@@ -109,10 +104,6 @@ class _ReadFailed(Exception):
     """qemu-img could not read the guest; the message is the operator detail."""
 
 
-class _Incomplete(Exception):
-    """Not every place could be probed; the message is the operator detail."""
-
-
 class _Budget:
     """Direct reads of the data, counted against ``max_read``."""
 
@@ -127,80 +118,12 @@ class _Budget:
         return self._read(offset, size)
 
 
-class _TablesRead(Exception):
-    """Raised from ``read_layout``'s prefetch: the partition tables are read; its filesystem probes are not wanted."""
-
-
-def _tables(read: Callable[[int, int], bytes], size: int, cap: int) -> GuestLayout:
-    """The partition tables as :func:`read_layout` reads them; raises _Incomplete if they need more than ``cap``."""
-    tables_read = False
-
-    def stop(_ranges: list[tuple[int, int]]) -> None:
-        nonlocal tables_read
-        tables_read = True
-        raise ReadBudgetExhausted  # ends read_layout with the partitions it has, before filesystem probes
-
-    layout = read_layout(read, size, cap=cap, prefetch=stop)
-    if not tables_read and any(code == "layout.read_budget" for code, _detail in layout.problems):
-        raise _Incomplete(f"the partition tables need more than max_read ({cap} bytes)")
-    return layout
-
-
-def _views(read: Callable[[int, int], bytes], size: int, cap: int) -> list[tuple[str, GuestLayout]]:
-    """The layout, and a second one where GPT headers sit at both LBA 1s: a 4Kn device reads the one at 4096."""
-    views = [("", _tables(read, size, cap))]
-    if size > 2 * GPT_4K and read(SECTOR, 8) == GPT_SIGNATURE and read(GPT_4K, 8) == GPT_SIGNATURE:
-        def hide_512_gpt(offset: int, length: int) -> bytes:
-            data = read(offset, length)  # as if LBA 1 of 512 bytes were blank
-            low, high = max(SECTOR, offset), min(2 * SECTOR, offset + len(data))
-            if low >= high:
-                return data
-            return data[: low - offset] + bytes(high - low) + data[high - offset :]
-
-        views.append(("4 KiB GPT ", _tables(hide_512_gpt, size, cap)))
-    return views
-
-
-def _places(read: Callable[[int, int], bytes], size: int, cap: int, *, guest_zero: bool) -> dict[int, tuple[str, int]]:
-    """Every place to probe: ``offset -> (name, span)``; raises _Incomplete if a table could not be read."""
-    views = _views(read, size, cap)
-    places: dict[int, tuple[str, int]] = {}
-
-    def add(offset: int, name: str, span: int) -> None:
-        if 0 < offset < size or (offset == 0 and guest_zero):
-            span = min(span, size - offset)
-            if offset not in places or places[offset][1] < span:
-                places[offset] = (places[offset][0] if offset in places else name, span)
-
-    if guest_zero:
-        add(0, "guest offset 0", size)
-    for prefix, view in views:
-        for part in view.partitions:
-            add(part.start, f"{prefix}partition {part.index}", part.size)
-    layout = views[0][1]
-    if layout.partition_table == "gpt":  # a hybrid MBR: firmware or an MBR-only reader may follow it
-        sector0 = read(0, SECTOR)
-        if sector0[510:512] == b"\x55\xaa":
-            for number in range(4):
-                entry = sector0[446 + 16 * number : 462 + 16 * number]
-                kind, first, count = entry[4], int.from_bytes(entry[8:12], "little"), int.from_bytes(entry[12:16],
-                                                                                                      "little")
-                if kind and kind != MBR_PROTECTIVE and kind not in MBR_EXTENDED and count:
-                    add(first * SECTOR, f"MBR entry {number + 1}", count * SECTOR)
-    for offset, name in FIXED_PLACES:
-        add(offset, name, size - offset)
-    if not any(view.partitions for _prefix, view in views):
-        for offset, name in FIRST_PARTITION_PLACES:
-            add(offset, name, size - offset)
-    return places
-
-
 def _probe(read: Callable[[int, int], bytes], size: int, options: Mapping[str, Any], *, guest_zero: bool,
            prefetch: Callable[[list[tuple[int, int]]], None] | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
-    """``(place, format, references)`` of every nested header; raises _Incomplete, _ReadFailed."""
-    places = _places(read, size, options["max_read"], guest_zero=guest_zero)
+    """``(place, format, references)`` of every nested header; raises Incomplete, _ReadFailed."""
+    places = places_to_probe(read, size, options["max_read"], guest_zero=guest_zero)
     if len(places) > options["max_probes"]:
-        raise _Incomplete(f"{len(places)} places to probe, max_probes {options['max_probes']}")
+        raise Incomplete(f"{len(places)} places to probe, max_probes {options['max_probes']}")
     if prefetch is not None:
         prefetch([(offset, SECTOR) for offset in sorted(places)])
     found = []
@@ -252,7 +175,7 @@ def importhooks_inspect(context: ImportContext) -> None:
     options = context.options(SECTION)
     try:
         found = _guest(context, options)
-    except (_Incomplete, ReadBudgetExhausted) as exc:
+    except (Incomplete, ReadBudgetExhausted) as exc:
         context.report(INCOMPLETE, detail=str(exc) or f"more than max_read ({options['max_read']} bytes) needed")
         return
     except (_ReadFailed, _qemu.QemuError) as exc:

@@ -72,6 +72,27 @@ def dual_gpt_disk(path: Path, size: int = 32 * MIB) -> Path:
     return path
 
 
+#: Where :func:`bsd_disk` puts slice a of its BSD disklabel, in sectors from the disk's start.
+BSD_SLICE_A, BSD_SLICE_A_SECTORS = 4096, 4096
+
+
+def bsd_disk(path: Path) -> Path:
+    """A DOS table whose partition 1 (type 0xa5, FreeBSD) holds a BSD disklabel with slice a at
+    :data:`BSD_SLICE_A`, written by fdisk's nested BSD disklabel editor (``b``)."""
+    mbr_disk(path, f"label: dos\nstart={PART1}, size={PART1_SECTORS}, type=a5\n")
+    last = BSD_SLICE_A + BSD_SLICE_A_SECTORS - 1
+    db.run("fdisk", str(path), stdin=f"b\n1\ny\nn\na\n{BSD_SLICE_A}\n{last}\nw\nq\n".encode())
+    return path
+
+
+def many_gpt_entries(path: Path, entries: int = 512) -> Path:
+    """A GPT (``sgdisk -S``) of ``entries`` entries, two used: more than the layout reader reads."""
+    blank(path)
+    db.run("sgdisk", "-S", str(entries), "-n", f"1:{PART1}:{PART2 - 1}", "-n", f"2:{PART2}:{PART2 + PART2_SECTORS - 1}",
+           str(path))
+    return path
+
+
 def dd(image: Path, disk: Path, sector: int) -> Path:
     """Copy ``image`` into ``disk`` at ``sector`` (``dd ... conv=notrunc``)."""
     db.run("dd", f"if={image}", f"of={disk}", "bs=512", f"seek={sector}", "conv=notrunc", "status=none")

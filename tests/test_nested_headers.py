@@ -130,6 +130,22 @@ def test_gpt_of_4096_byte_sectors_beside_one_of_512_is_probed_too(settings, tmp_
         assert detail(result, "nested.unsafe").startswith(f"4 KiB GPT partition 1 (byte {ni.GPT_4K_PART1 * 512}): ")
 
 
+def test_bsd_disklabel_slices_are_probed(settings, tmp_path):
+    """Linux and the BSDs expose the slices of a disklabel in a FreeBSD partition as partitions of their own."""
+    disk = ni.bsd_disk(tmp_path / "bsd.raw")
+    assert nested_codes(audit(settings, disk)) == []
+    ni.dd(ni.inner("qcow2_backing", tmp_path / "i.qcow2"), disk, ni.BSD_SLICE_A)
+    assert detail(rejected_with(settings, disk, "nested.unsafe"), "nested.unsafe").startswith(
+        f"partition 1 BSD slice a (byte {ni.BSD_SLICE_A * 512}): ")
+
+
+def test_gpt_entries_the_layout_reader_does_not_read_fail_closed(settings, tmp_path):
+    """Linux reads a GPT of 512 entries; the layout reader stops at 256, so a partition could go unprobed."""
+    result = rejected_with(settings, ni.many_gpt_entries(tmp_path / "gpt.raw"), "nested.incomplete")
+    assert "512 entries" in detail(result, "nested.incomplete")
+    assert nested_codes(audit(settings, ni.many_gpt_entries(tmp_path / "ok.raw", 128))) == []
+
+
 @pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (1 << 20, "byte 1048576")])
 def test_fixed_places_of_a_disk_without_partitions(settings, tmp_path, byte, name):
     disk = disk_with(tmp_path, "qcow2_backing", table="none", sector=byte // 512)
