@@ -14,7 +14,8 @@ partitions); where readers differ, every view is added:
   that Linux and the BSDs expose as partitions of their own; FreeBSD counts their offsets from
   the disk or, when slice c starts at 0, from the partition: both are probed;
 * more GPT entries or logical partitions than the layout reader reads (Linux reads them all):
-  :class:`Incomplete`, so the caller fails closed.
+  the ``os_type`` plugin rejects such a disk (``partition.gpt_entries``, ``partition.ebr_count``);
+  with ``unread_partitions`` set (``os_type`` disabled) they raise :class:`Incomplete` here.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Incomplete(Exception):
     """Not every place could be found or probed; the message is the operator detail."""
 
 
-def _tables(read: Reader, size: int, cap: int) -> GuestLayout:
+def _tables(read: Reader, size: int, cap: int, unread_partitions: bool) -> GuestLayout:
     """The partition tables as :func:`read_layout` reads them, without its filesystem probes."""
     tables_read = False
 
@@ -62,14 +63,14 @@ def _tables(read: Reader, size: int, cap: int) -> GuestLayout:
     if not tables_read and len(problems) < len(layout.problems):
         raise Incomplete(f"the partition tables need more than max_read ({cap} bytes)")
     unread = [detail for code, detail in problems if code in UNREAD_PARTITIONS]
-    if unread:
+    if unread and unread_partitions:
         raise Incomplete(f"partitions the layout reader does not read: {'; '.join(unread)}")
     return layout
 
 
-def _views(read: Reader, size: int, cap: int) -> list[tuple[str, GuestLayout]]:
+def _views(read: Reader, size: int, cap: int, unread_partitions: bool) -> list[tuple[str, GuestLayout]]:
     """The layout, and a second one where GPT headers sit at both LBA 1s: a 4Kn device reads the one at 4096."""
-    views = [("", _tables(read, size, cap))]
+    views = [("", _tables(read, size, cap, unread_partitions))]
     if size > 2 * GPT_4K and read(SECTOR, 8) == GPT_SIGNATURE and read(GPT_4K, 8) == GPT_SIGNATURE:
         def hide_512_gpt(offset: int, length: int) -> bytes:
             data = read(offset, length)  # as if LBA 1 of 512 bytes were blank
@@ -78,7 +79,7 @@ def _views(read: Reader, size: int, cap: int) -> list[tuple[str, GuestLayout]]:
                 return data
             return data[: low - offset] + bytes(high - low) + data[high - offset :]
 
-        views.append(("4 KiB GPT ", _tables(hide_512_gpt, size, cap)))
+        views.append(("4 KiB GPT ", _tables(hide_512_gpt, size, cap, unread_partitions)))
     return views
 
 
@@ -111,9 +112,13 @@ def _bsd_slices(read: Reader, index: int, start: int) -> list[tuple[int, str, in
     return found
 
 
-def places_to_probe(read: Reader, size: int, cap: int, *, guest_zero: bool) -> dict[int, tuple[str, int]]:
-    """Every place to probe: ``offset -> (name, span)``; offset 0 only if ``guest_zero``. Raises Incomplete."""
-    views = _views(read, size, cap)
+def places_to_probe(read: Reader, size: int, cap: int, *, guest_zero: bool,
+                    unread_partitions: bool = True) -> dict[int, tuple[str, int]]:
+    """Every place to probe: ``offset -> (name, span)``; offset 0 only if ``guest_zero``. Raises Incomplete.
+
+    ``unread_partitions``: raise Incomplete for a table with partitions past the layout reader's limits.
+    """
+    views = _views(read, size, cap, unread_partitions)
     places: dict[int, tuple[str, int]] = {}
 
     def add(offset: int, name: str, span: int) -> None:

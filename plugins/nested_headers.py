@@ -64,9 +64,9 @@ INCOMPLETE = FindingCode(
     "nested.incomplete",
     "The disk could not be fully checked for images hidden inside it.",
     "The disk has more partitions and probe places than [plugin.nested] max_probes, its partition tables "
-    "and nested headers need more than max_read bytes, or it has more GPT entries (256) or logical "
-    "partitions (64) than the layout reader reads, where Linux reads on. Fail closed; raise the limits if "
-    "such disks are expected.",
+    "and nested headers need more than max_read bytes, or (os_type disabled: it rejects these itself) it "
+    "has more GPT entries (256) or logical partitions (64) than the layout reader reads, where Linux reads "
+    "on. Fail closed; raise the limits if such disks are expected.",
 )
 READ_FAILED = FindingCode(
     "nested.read_failed",
@@ -118,10 +118,13 @@ class _Budget:
         return self._read(offset, size)
 
 
-def _probe(read: Callable[[int, int], bytes], size: int, options: Mapping[str, Any], *, guest_zero: bool,
-           prefetch: Callable[[list[tuple[int, int]]], None] | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
+def _probe(context: ImportContext, read: Callable[[int, int], bytes], size: int, options: Mapping[str, Any], *,
+           guest_zero: bool, prefetch: Callable[[list[tuple[int, int]]], None] | None = None,
+           ) -> list[tuple[str, str, tuple[str, ...]]]:
     """``(place, format, references)`` of every nested header; raises Incomplete, _ReadFailed."""
-    places = places_to_probe(read, size, options["max_read"], guest_zero=guest_zero)
+    # os_type rejects a table with partitions past the layout reader's limits; without it, this plugin does
+    places = places_to_probe(read, size, options["max_read"], guest_zero=guest_zero,
+                             unread_partitions="os_type" not in context.enabled_plugins)
     if len(places) > options["max_probes"]:
         raise Incomplete(f"{len(places)} places to probe, max_probes {options['max_probes']}")
     if prefetch is not None:
@@ -147,7 +150,7 @@ def _guest(context: ImportContext, options: Mapping[str, Any]) -> list[tuple[str
         return None
     if disk_format in DIRECT:
         budget = _Budget(context.data.read_at, options["max_read"])
-        return _probe(budget.read, size, options, guest_zero=False)
+        return _probe(context, budget.read, size, options, guest_zero=False)
     if disk_format not in THROUGH_QEMU or disk_format not in context.enabled_plugins:
         return None  # LUKS (encrypted), or its format plugin is off: qemu-img must not open it
     driver, limits = _qemu.DRIVERS[disk_format], _qemu.limits_of(options)
@@ -159,7 +162,7 @@ def _guest(context: ImportContext, options: Mapping[str, Any]) -> list[tuple[str
                 raise _ReadFailed(f"{exc.kind}: {exc.detail}") from None
 
         blocks = _Blocks(fetch, size, options["max_read"])
-        return _probe(blocks.read, size, options, guest_zero=True, prefetch=blocks.prefetch)
+        return _probe(context, blocks.read, size, options, guest_zero=True, prefetch=blocks.prefetch)
 
 
 def _join(parts: list[str]) -> str:

@@ -140,10 +140,16 @@ def test_bsd_disklabel_slices_are_probed(settings, tmp_path):
 
 
 def test_gpt_entries_the_layout_reader_does_not_read_fail_closed(settings, tmp_path):
-    """Linux reads a GPT of 512 entries; the layout reader stops at 256, so a partition could go unprobed."""
-    result = rejected_with(settings, ni.many_gpt_entries(tmp_path / "gpt.raw"), "nested.incomplete")
+    """Linux reads a GPT of 512 entries; the layout reader stops at 256, so a partition could go unprobed.
+
+    os_type rejects such a disk; with os_type disabled, this plugin does.
+    """
+    disk = ni.many_gpt_entries(tmp_path / "gpt.raw")
+    assert nested_codes(rejected_with(settings, disk, "partition.gpt_entries")) == []
+    no_os_type = settings.replace(plugins=PluginSettings(entry_points=False, disabled=("os_type",)))
+    result = rejected_with(no_os_type, disk, "nested.incomplete")
     assert "512 entries" in detail(result, "nested.incomplete")
-    assert nested_codes(audit(settings, ni.many_gpt_entries(tmp_path / "ok.raw", 128))) == []
+    assert nested_codes(audit(no_os_type, ni.many_gpt_entries(tmp_path / "ok.raw", 128))) == []
 
 
 @pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (1 << 20, "byte 1048576")])
