@@ -188,7 +188,7 @@ def _vhdx(at: _Span) -> list[str]:
         table = at(region, vhdx.METADATA_TABLE_SIZE)
         if not table.startswith(vhdx.METADATA_SIGNATURE):
             continue
-        count = min(int.from_bytes(table[10:12], "little"), vhdx.MAX_TABLE_ENTRIES)
+        count = min(int.from_bytes(table[10:12], "little"), (len(table) - 32) // 32)  # a table cut by the span
         for index in range(count):
             guid, item_offset, length, _flags = struct.unpack_from("<16sIII", table, 32 + 32 * index)
             if guid == vhdx.PARENT_LOCATOR:

@@ -41,6 +41,8 @@ from .os_type import DIRECT, THROUGH_QEMU, _Blocks
 SECTION = "nested"
 DEFAULT_MAX_PROBES = 128
 DEFAULT_MAX_READ = 32 << 20
+#: A disk read directly reads at most twice its size plus this, so the pipeline's read budget never stops it.
+DIRECT_SLACK = 512 << 10
 MAX_DETAIL = 2000
 
 HEADER = FindingCode(
@@ -149,7 +151,8 @@ def _guest(context: ImportContext, options: Mapping[str, Any]) -> list[tuple[str
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         return None
     if disk_format in DIRECT:
-        budget = _Budget(context.data.read_at, options["max_read"])
+        # within the pipeline's read budget (max_read_passes times the size) whatever the disk holds
+        budget = _Budget(context.data.read_at, min(options["max_read"], 2 * context.data.size + DIRECT_SLACK))
         return _probe(context, budget.read, size, options, guest_zero=False)
     if disk_format not in THROUGH_QEMU or disk_format not in context.enabled_plugins:
         return None  # LUKS (encrypted), or its format plugin is off: qemu-img must not open it
