@@ -8,12 +8,13 @@ for backing files) and copied in with ``dd`` (:mod:`tests.nested_images`); wrapp
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
 from importhooks_plugins import nested_headers as plugin
-from importhooks_plugins._nested_formats import sniff
+from importhooks_plugins._nested_formats import examine, sniff
 
 from importhooks import Pipeline, Verdict
 from importhooks.settings import PluginSettings
@@ -269,3 +270,47 @@ def test_codes_are_declared_with_their_severities():
     assert declared == {"nested.header": "warning", "nested.unsafe": "error", "nested.incomplete": "error",
                         "nested.read_failed": "error"}
     assert set(declared) == set(NESTED)
+
+
+# --- hostile inner headers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inner_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The first 320 KiB of each inner image (enough for every header and table the plugin reads)."""
+    base = tmp_path_factory.mktemp("inner")
+    made = {}
+    for kind in sorted({**ni.SAFE, **ni.UNSAFE}):
+        made[kind] = ni.inner(kind, base / f"{kind}.img").read_bytes()[: 320 << 10].ljust(320 << 10, b"\0")
+    return made
+
+
+@pytest.mark.parametrize("kind", sorted({**ni.SAFE, **ni.UNSAFE}))
+def test_cut_and_mutated_inner_headers_never_crash(inner_images, kind):
+    """Every span (a partition cut anywhere) and random bytes over the header: a verdict, never an exception."""
+    data = inner_images[kind]
+    rng = random.Random(kind)
+    fmt = sniff(data[:512])
+    assert fmt is not None
+    for span in (0, 1, 64, 511, 512, 4096, 65536, 196608 + 100, len(data)):
+        assert isinstance(examine(fmt, lambda at, size: data[at : at + size], span), tuple)
+    for _round in range(200):
+        mutant = bytearray(data)
+        for _byte in range(rng.randint(1, 16)):
+            mutant[rng.randrange(8, 2048)] = rng.randrange(256)
+        refs = examine(fmt, lambda at, size, m=bytes(mutant): m[at : at + size], len(mutant))
+        assert all(isinstance(ref, str) and ref for ref in refs)
+
+
+def test_mutated_nested_headers_end_in_findings_through_the_pipeline(settings, workdir, inner_images, tmp_path):
+    rng = random.Random(11)
+    disk = ni.mbr_disk(tmp_path / "m.raw")
+    for kind in sorted(ni.UNSAFE):
+        mutant = bytearray(inner_images[kind][: 64 << 10])
+        for _byte in range(8):
+            mutant[rng.randrange(8, 1024)] = rng.randrange(256)
+        db.overwrite(disk, ni.PART2 * 512, bytes(mutant).ljust(64 << 10, b"\0"))
+        result = audit(settings, disk)  # asserts no plugin failure and no runaway read
+        assert set(nested_codes(result)) <= {"nested.header", "nested.unsafe"}
+        assert result.verdict is (Verdict.REJECT if "nested.unsafe" in codes(result) else Verdict.ACCEPT)
+    assert list(workdir.iterdir()) == []
