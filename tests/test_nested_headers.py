@@ -65,6 +65,12 @@ def test_plain_partitioned_disk_gets_no_finding(settings, workdir, tmp_path, lab
     assert list(workdir.iterdir()) == []
 
 
+def test_hybrid_iso_gets_no_finding(settings, tmp_path):
+    result = audit(settings, db.hybrid_iso_gpt(tmp_path / "hybrid.iso"))
+    assert result.detected["disk_format"] == "iso"
+    assert result.verdict is Verdict.ACCEPT and nested_codes(result) == [], result.findings
+
+
 def test_luks_partition_is_ordinary(settings, tmp_path):
     result = audit(settings, disk_with(tmp_path, "luks"))
     assert result.verdict is Verdict.ACCEPT and nested_codes(result) == [], result.findings
@@ -223,6 +229,17 @@ def test_compressed_raw_disk_is_probed_once_unpacked(settings, tmp_path):
     result = rejected_with(settings.replace(container_formats=("bare", "compressed")), packed, "nested.unsafe",
                            container_format="compressed")
     assert result.layers[-1].facts["disk_format"] == "raw"
+
+
+@pytest.mark.parametrize(("option", "value", "kind"), [
+    ("binary", "/nonexistent/qemu-img", "failed: qemu-img program not found"),
+    ("address_space", "8MiB", "resource_limit: "),
+])
+def test_qemu_img_that_cannot_read_fails_closed(settings, workdir, tmp_path, option, value, kind):
+    path = wrap(ni.mbr_disk(tmp_path / "d.raw"), "qcow2")
+    result = rejected_with(nested_options(settings, **{option: value}), path, "nested.read_failed")
+    assert detail(result, "nested.read_failed").startswith(kind)
+    assert list(workdir.iterdir()) == []
 
 
 def test_format_plugin_disabled_means_qemu_does_not_read(settings, tmp_path):
