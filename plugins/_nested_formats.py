@@ -40,6 +40,12 @@ _VMDK_TEXT = re.compile(rb"(?:[ \t]*#[^\n]*\n|[ \t]*\r?\n)*[ \t]*version=[123]\r
 _VMDK_REFERENCES = (vmdk.PARENT, vmdk.FILE_REFERENCE, vmdk.EXTENT_TYPE, vmdk.DESCRIPTOR_SYNTAX)
 #: Formats flagged when nested; LUKS is not (an encrypted partition is ordinary).
 FORMATS = ("qcow2", "qed", "vmdk", "vhdx", "vhd", "vdi")
+#: Bytes qemu's format probes look at (its BLOCK_PROBE_BUF_SIZE): a descriptor file's version line must be
+#: within them.
+PROBE_BYTES = 512
+#: Magics of the other formats qemu probes (none can name another file): bochs, parallels, cloop.
+OTHER_MAGICS = {b"Bochs Virtual HD Image\0": "bochs", b"WithoutFreeSpace": "parallels",
+                b"WithouFreSpacExt": "parallels", b"#!/bin/sh\n#V2.0 Format\n": "cloop"}
 
 
 def _quote(name: bytes) -> str:
@@ -47,11 +53,13 @@ def _quote(name: bytes) -> str:
 
 
 def sniff(head: bytes) -> str | None:
-    """The disk format whose header starts the sector ``head``, or None (LUKS counts as None)."""
+    """The disk format whose header starts ``head`` (:data:`PROBE_BYTES`), or None (LUKS counts as None)."""
     if head.startswith(b"COWD") or _VMDK_TEXT.match(head):
         return "vmdk"  # VMware 3 sparse, or a descriptor file as qemu probes one
     found = looks_like(head)
-    return found if found in FORMATS else None
+    if found in FORMATS:
+        return found
+    return next((name for magic, name in OTHER_MAGICS.items() if head.startswith(magic)), None)
 
 
 class _Span:

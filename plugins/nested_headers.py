@@ -14,7 +14,8 @@ disk's own mapping):
   and 1 MiB), where the header appears as soon as the disk is partitioned with defaults;
 * guest offset 0 of a wrapped disk (a qcow2 whose guest disk is itself a qcow2).
 
-A nested qcow2, QED, VMDK, VHDX, VHD or VDI header is a warning (``nested.header``); one that
+A nested qcow2, QED, VMDK, VHDX, VHD, VDI, bochs, parallels or cloop header (what qemu's probe
+would see in the 512 bytes there) is a warning (``nested.header``); one that
 names another file, as a backing or data file, parent or extent (:mod:`._nested_formats`), or
 that cannot be checked within the read limits, is an error (``nested.unsafe``). A disk with more
 places than ``max_probes``, or whose partition tables and headers need more than ``max_read``
@@ -34,7 +35,7 @@ from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions,
 
 from . import _qemu
 from ._guest_layout import ReadBudgetExhausted
-from ._nested_formats import SECTOR, examine, sniff
+from ._nested_formats import PROBE_BYTES, SECTOR, examine, sniff
 from ._nested_places import Incomplete, places_to_probe
 from .os_type import DIRECT, THROUGH_QEMU, _Blocks
 
@@ -49,8 +50,8 @@ HEADER = FindingCode(
     "nested.header",
     "The disk holds another disk image's header inside it.",
     "A partition's first sector, sector 1, the 4 KiB LBA 1 or the guest disk of a wrapped image starts "
-    "with a qcow2, QED, VMDK, VHDX, VHD or VDI header. A hypervisor, guest tool or volume service that "
-    "probes that partition as a block device would open it as that format. Nothing in it names another "
+    "with a qcow2, QED, VMDK, VHDX, VHD, VDI, bochs, parallels or cloop header. A hypervisor, guest tool "
+    "or volume service that probes that partition as a block device would open it as that format. Nothing in it names another "
     "file, so the import is accepted; the detail lists the places.",
     Severity.WARNING,
 )
@@ -130,10 +131,10 @@ def _probe(context: ImportContext, read: Callable[[int, int], bytes], size: int,
     if len(places) > options["max_probes"]:
         raise Incomplete(f"{len(places)} places to probe, max_probes {options['max_probes']}")
     if prefetch is not None:
-        prefetch([(offset, SECTOR) for offset in sorted(places)])
+        prefetch([(offset, SECTOR * -(-min(PROBE_BYTES, span) // SECTOR)) for offset, (_name, span) in places.items()])
     found = []
     for offset, (name, span) in sorted(places.items()):
-        fmt = sniff(read(offset, SECTOR))
+        fmt = sniff(read(offset, min(PROBE_BYTES, span)))  # what qemu's probe of a device there would see
         if fmt is None:
             continue
 

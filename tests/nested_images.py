@@ -108,6 +108,9 @@ def inner(kind: str, path: Path) -> Path:
     if kind == "qcow2_data_file":
         db.qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={path}.data,data_file_raw=on", str(path), "1M")
         return path
+    if kind == "parallels":
+        db.qemu_img("create", "-q", "-f", "parallels", str(path), "1M")
+        return path
     if kind == "qcow1_backing":
         db.qemu_img("create", "-q", "-f", "qcow", "-u", "-b", "/etc/passwd", "-F", "raw", str(path), "1M")
         return path
@@ -131,7 +134,7 @@ def inner(kind: str, path: Path) -> Path:
 
 #: Inner images that name no other file, and the format reported for each.
 SAFE = {"qcow2_v3": "qcow2", "qcow2_v2": "qcow2", "qed": "qed", "vmdk_sparse": "vmdk", "vmdk_stream": "vmdk",
-        "vhdx": "vhdx", "vhd_dynamic": "vhd", "vdi": "vdi"}
+        "vhdx": "vhdx", "vhd_dynamic": "vhd", "vdi": "vdi", "parallels": "parallels"}
 #: Inner images that do, and a word the finding's detail must hold.
 UNSAFE = {"qcow2_backing": "backing file", "qcow1_backing": "qcow (version 1) backing file",
           "qcow2_data_file": "data file", "qed_backing": "QED backing file",

@@ -187,6 +187,25 @@ def test_descriptor_text_is_found_as_qemu_probes_it(settings, tmp_path):
     assert "descriptor file" in detail(rejected_with(settings, disk, "nested.unsafe"), "nested.unsafe")
 
 
+@pytest.mark.parametrize("comments", [0, 6, 7, 12])
+@pytest.mark.parametrize("marker", [True, False])
+def test_descriptor_behind_comment_lines(settings, tmp_path, comments, marker):
+    """qemu's probe sees 512 bytes: ``version=1`` pushed past them by comment lines is raw to it. Without the
+    ``# Disk DescriptorFile`` line the plugin agrees with qemu; with it, the text is a descriptor whatever its
+    length (VMware reads it as one, and so does the VMDK plugin's detection): the union is rejected."""
+    first = b"# Disk DescriptorFile\n"
+    text = ni.inner("vmdk_descriptor", tmp_path / "d.vmdk").read_bytes().removeprefix(first)
+    padded = tmp_path / "padded.vmdk"
+    padded.write_bytes(first * marker + (b"#" * 79 + b"\n") * comments + text + bytes(4096))
+    qemu = json.loads(db.run("qemu-img", "info", "--output=json", str(padded)).stdout)["format"]
+    assert qemu == ("vmdk" if comments < 7 else "raw")
+    disk = ni.dd(padded, ni.mbr_disk(tmp_path / "d.raw"), ni.PART1)
+    if qemu == "vmdk" or marker:
+        assert "descriptor file" in detail(rejected_with(settings, disk, "nested.unsafe"), "nested.unsafe")
+    else:
+        assert nested_codes(audit(settings, disk)) == []
+
+
 def test_text_that_qemu_does_not_probe_as_vmdk_is_not_flagged(tmp_path):
     text = b"# notes\nversion = 1\n"
     plain = tmp_path / "notes.txt"
