@@ -51,8 +51,8 @@ HEADER = FindingCode(
     "The disk holds another disk image's header inside it.",
     "A partition's first sector, sector 1, the 4 KiB LBA 1 or the guest disk of a wrapped image starts "
     "with a qcow2, QED, VMDK, VHDX, VHD, VDI, bochs, parallels or cloop header. A hypervisor, guest tool "
-    "or volume service that probes that partition as a block device would open it as that format. Nothing in it names another "
-    "file, so the import is accepted; the detail lists the places.",
+    "or volume service that probes that partition as a block device would open it as that format. Nothing "
+    "in it names another file, so the import is accepted; the detail lists the places.",
     Severity.WARNING,
 )
 UNSAFE = FindingCode(
