@@ -8,6 +8,9 @@ partitions); where readers differ, every view is added:
 
 * a GPT disk's sector 0 may hold a hybrid MBR: its own entries are partitions to firmware and
   to MBR-only readers;
+* a FAT or NTFS boot sector at sector 0 is no partition table to the layout reader (nor to
+  libblkid), but Linux's kernel reads its four entries as one when their status bytes are 0x00
+  or 0x80: those partitions are probed too;
 * GPT headers at both byte 512 and byte 4096: a device of 512-byte sectors shows one table, a
   4Kn device the other;
 * a BSD disklabel (sector 1 of an MBR partition of type 0xa5, 0xa6, 0xa9 or 0xb7) holds slices
@@ -83,17 +86,21 @@ def _views(read: Reader, size: int, cap: int, unread_partitions: bool) -> list[t
     return views
 
 
-def _hybrid_mbr(read: Reader) -> list[tuple[int, str, int]]:
-    """``(offset, name, span)`` of the entries of a GPT disk's sector 0 other than protective or extended ones."""
+def _mbr_entries(read: Reader, *, linux_rule: bool) -> list[tuple[int, str, int]]:
+    """``(offset, name, span)`` of sector 0's MBR entries other than protective or extended ones.
+
+    With ``linux_rule`` (sector 0 is a filesystem boot sector to the layout reader), only if Linux too
+    would read them: every status byte 0x00 or 0x80, and no protective entry.
+    """
     sector0 = read(0, SECTOR)
     if sector0[510:512] != b"\x55\xaa":
         return []
-    found = []
-    for number in range(4):
-        _status, kind, first, count = struct.unpack_from("<B3xB3xII", sector0, 446 + 16 * number)
-        if kind and kind != MBR_PROTECTIVE and kind not in MBR_EXTENDED and count:
-            found.append((first * SECTOR, f"MBR entry {number + 1}", count * SECTOR))
-    return found
+    entries = [struct.unpack_from("<B3xB3xII", sector0, 446 + 16 * number) for number in range(4)]
+    if linux_rule and any(status not in (0, 0x80) or kind == MBR_PROTECTIVE for status, kind, _f, _c in entries):
+        return []
+    return [(first * SECTOR, f"MBR entry {number}", count * SECTOR)
+            for number, (_status, kind, first, count) in enumerate(entries, start=1)
+            if kind and kind != MBR_PROTECTIVE and kind not in MBR_EXTENDED and count]
 
 
 def _bsd_slices(read: Reader, index: int, start: int) -> list[tuple[int, str, int]]:
@@ -135,8 +142,9 @@ def places_to_probe(read: Reader, size: int, cap: int, *, guest_zero: bool,
             if part.type_id in BSD_TYPES and part.start + 2 * SECTOR <= size:
                 for offset, name, span in _bsd_slices(read, part.index, part.start):
                     add(offset, name, span)
-    if views[0][1].partition_table == "gpt":
-        for offset, name, span in _hybrid_mbr(read):
+    table = views[0][1].partition_table
+    if table in ("gpt", "none"):  # a hybrid MBR; or MBR entries in a boot sector, which Linux reads
+        for offset, name, span in _mbr_entries(read, linux_rule=table == "none"):
             add(offset, name, span)
     for offset, name in FIXED_PLACES:
         add(offset, name, size - offset)

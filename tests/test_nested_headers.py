@@ -159,6 +159,19 @@ def test_gpt_entries_the_layout_reader_does_not_read_fail_closed(settings, tmp_p
     assert nested_codes(audit(no_os_type, ni.many_gpt_entries(tmp_path / "ok.raw", 128))) == []
 
 
+def test_mbr_entries_of_a_fat_boot_sector_are_probed_as_linux_reads_them(settings, tmp_path):
+    """Linux's kernel reads a FAT boot sector's partition entries when their status bytes are 0 or 0x80."""
+    disk = db.filesystem(tmp_path / "fat.raw", "vfat")  # mkfs.vfat: zeros where the entries would be
+    ni.dd(ni.inner("qcow2_backing", tmp_path / "i.qcow2"), disk, 4096)
+    assert nested_codes(audit(settings, disk)) == []  # nothing points there
+    ni.set_mbr_entry(disk, 1, 0x83, 4096, 2048)
+    result = rejected_with(settings, disk, "nested.unsafe")
+    assert result.layers[0].facts["partition_table"] == "none"  # a filesystem to disk_format and os_type
+    assert detail(result, "nested.unsafe").startswith(f"MBR entry 1 (byte {4096 * 512}): ")
+    db.overwrite(disk, 446 + 16, b"\x01")  # entry 2's status byte: Linux now takes sector 0 for FAT only
+    assert nested_codes(audit(settings, disk)) == []
+
+
 @pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (1 << 20, "byte 1048576")])
 def test_fixed_places_of_a_disk_without_partitions(settings, tmp_path, byte, name):
     disk = disk_with(tmp_path, "qcow2_backing", table="none", sector=byte // 512)
