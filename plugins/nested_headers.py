@@ -8,16 +8,17 @@ disk's own mapping):
 
 * the start of every partition, of the MBR and of the GPT (both, where a hybrid MBR makes
   firmware and kernel disagree on the table; both GPTs where there is one for each sector
-  size), including logical partitions and BSD disklabel slices (:mod:`._nested_places`);
+  size; the MBR entries Linux reads in a FAT or NTFS boot sector), including logical partitions
+  and BSD disklabel slices (:mod:`._nested_places`);
 * sector 1 and the 4096-byte LBA 1 (what a reader skipping the MBR, or assuming 4 KiB sectors,
   reads first); on a disk with no partition, the conventional first-partition starts (sector 63
   and 1 MiB), where the header appears as soon as the disk is partitioned with defaults;
 * guest offset 0 of a wrapped disk (a qcow2 whose guest disk is itself a qcow2).
 
 A nested qcow2, QED, VMDK, VHDX, VHD, VDI, bochs, parallels or cloop header (what qemu's probe
-would see in the 512 bytes there) is a warning (``nested.header``); one that
-names another file, as a backing or data file, parent or extent (:mod:`._nested_formats`), or
-that cannot be checked within the read limits, is an error (``nested.unsafe``). A disk with more
+would see in the 512 bytes there) is a warning (``nested.header``); one that names another file,
+as a backing or data file, parent or extent (:mod:`._nested_formats`), or that cannot be checked
+within the read limits, is an error (``nested.unsafe``). A disk with more
 places than ``max_probes``, or whose partition tables and headers need more than ``max_read``
 bytes, is rejected (``nested.incomplete``): fail closed. Runs ``trylast`` in ``inspect``, after
 every other check, and only on a bare disk layer no check rejected (so qemu-img only reads disks
