@@ -172,7 +172,8 @@ def test_mbr_entries_of_a_fat_boot_sector_are_probed_as_linux_reads_them(setting
     assert nested_codes(audit(settings, disk)) == []
 
 
-@pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (1 << 20, "byte 1048576")])
+@pytest.mark.parametrize(("byte", "name"), [(512, "sector 1"), (4096, "4 KiB LBA 1"), (63 * 512, "sector 63"),
+                                           (1 << 20, "byte 1048576")])
 def test_fixed_places_of_a_disk_without_partitions(settings, tmp_path, byte, name):
     disk = disk_with(tmp_path, "qcow2_backing", table="none", sector=byte // 512)
     result = rejected_with(settings, disk, "nested.unsafe")
