@@ -54,6 +54,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.compression",
     "importhooks_plugins.conversion",
     "importhooks_plugins.os_type",
+    "importhooks_plugins.nested_headers",
     "importhooks_plugins.properties",
     "importhooks_plugins.checksums",
     "importhooks_plugins.notify_log",
