@@ -283,13 +283,25 @@ def scan_l2_tables(context: ImportContext, header: Header, image: Image, metadat
     return compressed
 
 
+def _forbidden_low_bits(header: Header) -> int:
+    """The low bits a standard L2 entry must not have: reserved, or the host offset's misalignment.
+
+    Bit 0 ("reads as zeros") exists from version 3 on, and with extended L2 entries moves
+    to the subcluster bitmap. qemu fails every read of a version 2 image's entry with it
+    ("Zero cluster entry found in pre-v3 image", I/O error) while qemu-img check calls the
+    image clean and other readers read the cluster's data: it is rejected.
+    """
+    zero_flag = 1 if header.version >= 3 and header.l2_stride == 8 else 0
+    return (header.cluster_size - 1) & ~zero_flag
+
+
 def _low_byte_masks(header: Header) -> tuple[tuple[int, bytes], ...]:
     """``(byte index, table)`` pairs: each table maps a byte of an entry to 1 if it has a forbidden low bit.
 
     Bits 1 to 8 are reserved, bits 9 up to the cluster size are the host offset's
-    misalignment; bit 0 ("reads as zeros") is reserved too with extended L2 entries.
+    misalignment; bit 0 is reserved too unless it is a version 3 image's "reads as zeros".
     """
-    forbidden = (max(header.cluster_size, 512) - 1) & ~(0 if header.l2_stride == 16 else 1)
+    forbidden = _forbidden_low_bits(header)
     masks = []
     for index in range(7, 0, -1):
         mask = (forbidden >> (8 * (7 - index))) & 0xFF
@@ -330,7 +342,7 @@ def _compressed_table_problem(header: Header, image: Image, metadata: Metadata,
     shift = 62 - (cluster_bits - 8)  # where a compressed entry's sector count starts
     offset_mask = (1 << shift) - 1
     sectors_mask = (1 << (cluster_bits - 8)) - 1
-    forbidden = (header.cluster_size - 1) & ~(0 if header.l2_stride == 16 else 1)
+    forbidden = _forbidden_low_bits(header)
     size = header.cluster_size
     for entry in set(struct.unpack(f">{len(descriptors) // 8}Q", descriptors)) - {0}:
         if entry & L2E_COMPRESSED:

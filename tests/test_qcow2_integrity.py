@@ -261,3 +261,13 @@ def test_random_table_damage_never_crashes(settings, templates: dict[str, Path],
         assert not {"pipeline.plugin_failed", "data.read_budget"} & set(codes(result)), result.findings
         verdicts.add(result.verdict)
     assert verdicts == {Verdict.ACCEPT, Verdict.REJECT}
+
+
+def test_zero_flag_in_a_version_2_image_is_rejected(settings, tmp_path: Path) -> None:
+    # qemu fails every read of it ("Zero cluster entry found in pre-v3 image"), qemu-img check calls the
+    # image clean, and a reader that predates version 3 reads the cluster's data.
+    path = qi.written(tmp_path / "v2.qcow2", "64M", (0, 65536), options=("compat=0.10",))
+    assert audit(settings, path).accepted
+    qi.set_l2_entry(path, 0, qi.l2_entry(path, 0) | 1)
+    assert qi.check(path)[0] == 0
+    assert codes(rejected_with(settings, path, "qcow2.l2_table")) == ["qcow2.l2_table"]
