@@ -3,11 +3,14 @@
 Runs after ``disk_format`` (which detects qcow2 and already rejects backing files,
 data files and unknown features through oslo.utils) and parses the header again,
 itself, as qemu would (docs/interop/qcow2.rst): version, cluster size, header length,
-encryption, every incompatible feature bit, the backing file, the header extensions,
-the refcount table, the active L1 table and the L2 tables it points to, and internal
-snapshots. Facts: ``format_version``, ``cluster_size`` and ``compressed_clusters``.
+encryption, every incompatible feature bit and the data_file_raw autoclear bit, the
+backing file, the header extensions, internal snapshots, and (in :mod:`._qcow2_tables`)
+the refcount table and blocks, the active L1 table, every entry of the L2 tables it
+points to, and that no two metadata structures, and no guest data cluster and a
+structure, share a cluster. Facts: ``format_version``, ``cluster_size`` and
+``compressed_clusters``.
 
-Every read is bounded by a constant below or a plugin option, never by a size taken
+Every read is bounded by a constant or a plugin option, never by a size taken
 from the header alone: a table is read only once it is known to lie in the file.
 A table "lies in the file" if it ends within the file's size rounded up to a whole
 cluster (qemu writes the last table of a fresh image only partly and reads the rest
@@ -100,7 +103,9 @@ CORRUPT = FindingCode(
 DIRTY = FindingCode(
     "qcow2.dirty",
     "The qcow2 image was not closed cleanly.",
-    "The dirty bit is set (lazy refcounts): refcounts may be stale until qemu repairs them.",
+    "The dirty bit is set (lazy refcounts): refcounts may be stale until qemu repairs them. Stale "
+    "refcounts are corruptions to qemu-img check (plugin qemu_img), which then rejects the image; "
+    "'qemu-img check -r all' repairs it.",
     Severity.WARNING,
 )
 DATA_FILE_RAW = FindingCode(

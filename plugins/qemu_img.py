@@ -1,4 +1,4 @@
-"""Cross-checks the format inspector with ``qemu-img info`` (``inspect``, last).
+"""Cross-checks the format inspector with ``qemu-img info`` and ``qemu-img check`` (``inspect``, last).
 
 After every format plugin has run and only if nothing was found wrong so far, the
 data goes through ``qemu-img info --output=json -f DRIVER`` (the driver named from
@@ -7,6 +7,12 @@ the detected ``disk_format``: qemu never probes the format), under resource limi
 sees must agree with the facts: the format, the virtual size, no backing file, no
 external data file, no VMDK extent other than the image itself. The hypervisor uses
 qemu's view, so any disagreement means the inspector was fooled, or qemu was.
+
+Then, when they agree and the format is one qemu-img can check (qcow2, qed, vhdx,
+vmdk, vdi; option ``check``, default on), ``qemu-img check --output=json`` runs under
+the same limits: metadata qemu itself calls corrupt (exit 2, or check errors) is
+rejected, leaked clusters alone (exit 3) are a warning, exit 63 (the format cannot be
+checked) is an info finding.
 
 The path given to qemu-img is a symlink the pipeline names inside the run's private
 temporary directory, pointing at the staged file: nothing in it comes from the image
@@ -42,20 +48,21 @@ MISMATCH = FindingCode(
 FAILED = FindingCode(
     "qemu.failed",
     "qemu-img could not read the image.",
-    "qemu-img info exited with an error, printed something that is not its JSON report, or could not "
-    "be started (check the plugin.qemu_img.binary option). The detail holds qemu-img's message.",
+    "qemu-img info or check exited with an error (check: exit 1, the check could not be completed), "
+    "printed something that is not its JSON report, or could not be started (check the "
+    "plugin.qemu_img.binary option). The detail holds qemu-img's message.",
 )
 RESOURCE_LIMIT = FindingCode(
     "qemu.resource_limit",
     "Reading the image needed more memory or CPU time than allowed.",
-    "qemu-img info ran out of its address space (plugin.qemu_img.address_space) or CPU time "
+    "qemu-img info or check ran out of its address space (plugin.qemu_img.address_space) or CPU time "
     "(plugin.qemu_img.cpu_time). Benign images need far less; the data may be built to exhaust the "
     "host. Raise the limit only for images you trust.",
 )
 TIMEOUT = FindingCode(
     "qemu.timeout",
     "Reading the image took too long.",
-    "qemu-img info ran longer than plugin.qemu_img.timeout (or the rest of the inspect budget) and "
+    "qemu-img info or check ran longer than plugin.qemu_img.timeout (or the rest of the inspect budget) and "
     "was killed.",
 )
 SKIPPED = FindingCode(
