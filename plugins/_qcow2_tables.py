@@ -149,7 +149,7 @@ class Metadata:
         self.cluster_size = cluster_size
         self.limit = limit
         self.owner: dict[int, str] = {}
-        self.clusters: set[int] = set()  # the owner's keys, as a set: intersected with each L2 table's
+        self.clusters: set[int] = set()  # the owner's keys but the header's (0: an unallocated entry)
         self.full = False
 
     def claim(self, context: ImportContext, offset: int, length: int, name: str) -> bool:
@@ -164,7 +164,8 @@ class Metadata:
                 self.full = True
                 return True
             self.owner[cluster] = name
-            self.clusters.add(cluster)
+            if cluster:
+                self.clusters.add(cluster)
         return True
 
 
@@ -267,6 +268,7 @@ def scan_l2_tables(context: ImportContext, header: Header, image: Image, metadat
     size = header.cluster_size
     stride = header.l2_stride
     compressed = False
+    masks = _low_byte_masks(header)
     for l2_offset in tables:
         table = image.read(l2_offset, size).ljust(size, b"\0")
         # Extended L2 entries: the 8-byte descriptor, then the subcluster bitmap (not checked here).
@@ -275,7 +277,7 @@ def scan_l2_tables(context: ImportContext, header: Header, image: Image, metadat
             compressed = True
             problem = _compressed_table_problem(header, image, metadata, descriptors)
         else:
-            problem = _standard_table_problem(header, image, metadata, descriptors)
+            problem = _standard_table_problem(header, image, metadata, descriptors, masks)
         if problem:
             code, detail = problem
             context.report(code, detail=f"L2 table at {l2_offset}: {detail}")
@@ -310,27 +312,26 @@ def _low_byte_masks(header: Header) -> tuple[tuple[int, bytes], ...]:
     return tuple(masks)
 
 
-def _standard_table_problem(header: Header, image: Image, metadata: Metadata,
-                            descriptors: bytes) -> tuple[FindingCode, str] | None:
+def _standard_table_problem(header: Header, image: Image, metadata: Metadata, descriptors: bytes,
+                            masks: tuple[tuple[int, bytes], ...]) -> tuple[FindingCode, str] | None:
     """An L2 table without compressed clusters, checked at C speed a byte column at a time."""
     count = len(descriptors) // 8
     if 1 in descriptors[::8].translate(_RESERVED_TOP_BYTES):
         return L2_TABLE, "an entry has reserved bits 56 to 61 set"
-    for index, table in _low_byte_masks(header):
+    for index, table in masks:
         if 1 in descriptors[index::8].translate(table):
             return L2_TABLE, "an entry has reserved bits set or an unaligned host offset"
     offsets = bytearray(descriptors)
     offsets[::8] = bytes(count)  # the flags: what is left is each entry's host offset
     offsets[7::8] = bytes(count)  # bit 0, "reads as zeros"
-    hosts = set(struct.unpack(f">{count}Q", offsets)) - {0}
-    if not hosts:
-        return None
+    hosts = struct.unpack(f">{count}Q", offsets)
     last = max(hosts)
+    if not last:
+        return None
     if not image.holds(last, header.cluster_size):
         return L2_TABLE, f"a guest cluster maps to host offset {last}, past the file's {image.size} bytes"
-    shared = metadata.clusters & hosts
-    if shared:
-        cluster = min(shared)
+    if not metadata.clusters.isdisjoint(hosts):  # a lookup per entry, no set built
+        cluster = min(metadata.clusters.intersection(hosts))
         return OVERLAP, f"a guest cluster maps onto the {metadata.owner[cluster]} at {cluster}"
     return None
 
