@@ -78,10 +78,11 @@ WATCH_INTERVAL = 0.25
 class QemuError(Exception):
     """qemu-img could not do its job; ``kind`` is FAILED, RESOURCE_LIMIT or TIMEOUT, ``detail`` for operators."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, exit_code: int | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,13 +247,16 @@ def run(
     label: str,
     env: Mapping[str, str] | None = None,
     watch: Callable[[], str | None] | None = None,
+    exit_codes: Sequence[int] = (0,),
 ) -> bytes:
     """Run ``program args`` (qemu-img) under ``limits``; its standard output.
 
     ``label`` names the command in details (``qemu-img info -f raw``). ``env`` adds
     environment variables. ``watch``, if given, is called every WATCH_INTERVAL seconds
-    while qemu-img runs (see :class:`_Watcher`). Raises :class:`QemuError` for every way
-    qemu-img fails, or what ``watch`` raised.
+    while qemu-img runs (see :class:`_Watcher`). ``exit_codes`` are the exit statuses
+    that are not a failure (``qemu-img check`` exits 2 or 3 with its report). Raises
+    :class:`QemuError` for every way qemu-img fails (with its ``exit_code`` when it
+    exited), or what ``watch`` raised.
     """
     from oslo_concurrency import processutils  # heavy (oslo_utils.strutils): loaded on first use
 
@@ -273,7 +277,7 @@ def run(
         stdout, _stderr = processutils.execute(
             binary, *args,
             prlimit=prlimit, timeout=seconds, env_variables={**os.environ, "LC_ALL": "C", "LANG": "C", **(env or {})},
-            preexec_fn=os.setsid, on_execute=on_execute, binary=True,
+            preexec_fn=os.setsid, on_execute=on_execute, binary=True, check_exit_code=list(exit_codes),
         )
     except subprocess.TimeoutExpired:
         _kill(started[0] if started else None)
@@ -281,7 +285,9 @@ def run(
         raise QemuError(TIMEOUT, f"{label} killed after {seconds} s") from None
     except processutils.ProcessExecutionError as exc:
         watcher.finish()  # a limit the watch found, or a halt, is why qemu-img died
-        raise QemuError(classify(exc), f"{label} exited with {exc.exit_code}: {clip(exc.stderr or '')}") from None
+        code = exc.exit_code if isinstance(exc.exit_code, int) else None
+        raise QemuError(classify(exc), f"{label} exited with {exc.exit_code}: {clip(exc.stderr or '')}",
+                        code) from None
     except OSError as exc:
         watcher.finish()
         raise QemuError(FAILED, f"qemu-img could not be started: {exc!r}") from None

@@ -3,11 +3,14 @@
 Runs after ``disk_format`` (which detects qcow2 and already rejects backing files,
 data files and unknown features through oslo.utils) and parses the header again,
 itself, as qemu would (docs/interop/qcow2.rst): version, cluster size, header length,
-encryption, every incompatible feature bit, the backing file, the header extensions,
-the refcount table, the active L1 table and the L2 tables it points to, and internal
-snapshots. Facts: ``format_version``, ``cluster_size`` and ``compressed_clusters``.
+encryption, every incompatible feature bit and the data_file_raw autoclear bit, the
+backing file, the header extensions, internal snapshots, and (in :mod:`._qcow2_tables`)
+the refcount table and blocks, the active L1 table, every entry of the L2 tables it
+points to, and that no two metadata structures, and no guest data cluster and a
+structure, share a cluster. Facts: ``format_version``, ``cluster_size`` and
+``compressed_clusters``.
 
-Every read is bounded by a constant below or a plugin option, never by a size taken
+Every read is bounded by a constant or a plugin option, never by a size taken
 from the header alone: a table is read only once it is known to lie in the file.
 A table "lies in the file" if it ends within the file's size rounded up to a whole
 cluster (qemu writes the last table of a fresh image only partly and reads the rest
@@ -18,9 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Mapping
+from typing import Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
-from importhooks.data import BudgetedReader
+
+from . import _qcow2_tables as _tables
+from ._qcow2_tables import Header, Image, Metadata, table_problem
 
 SECTION = "qcow2"
 MAGIC = b"QFI\xfb"
@@ -35,20 +42,13 @@ MIN_EXTENDED_L2_CLUSTER_BITS = 14
 MAX_REFCOUNT_ORDER = 6
 #: Longest backing file name qcow2 allows.
 MAX_BACKING_NAME = 1023
-#: qemu's limits: active L1 table 32 MiB, refcount table 8 MiB, 65536 snapshots with
-#: at most 1 KiB of extra data each.
-MAX_L1_BYTES = 32 << 20
-MAX_REFTABLE_BYTES = 8 << 20
+#: qemu's limits: 65536 snapshots with at most 1 KiB of extra data each.
 MAX_SNAPSHOTS = 65536
 MAX_SNAPSHOT_EXTRA = 1024
 #: Header extensions walked before the header is called invalid (qemu writes about 3).
 MAX_HEADER_EXTENSIONS = 64
 #: Longest piece of an untrusted name (backing or data file) quoted in a detail.
 MAX_DETAIL_NAME = 256
-#: Default of the ``max_l2_scan_bytes`` option.
-DEFAULT_MAX_L2_SCAN_BYTES = 64 << 20
-#: L1 entries read at a time.
-L1_CHUNK_ENTRIES = 16384
 SNAPSHOT_ENTRY_LENGTH = 40
 
 EXT_END = 0x00000000
@@ -64,10 +64,8 @@ INCOMPAT_KNOWN = (1 << 5) - 1
 COMPRESSION_TYPES = {0: "deflate", 1: "zstd"}
 CRYPT_METHODS = {1: "aes", 2: "luks"}
 
-L1E_OFFSET_MASK = 0x00FFFFFFFFFFFE00
-L1E_RESERVED_MASK = 0x7F000000000001FF
-#: Maps an L2 entry's first (most significant) byte to 1 if it has bit 62, "compressed cluster".
-_COMPRESSED_BYTES = bytes(1 if b & 0x40 else 0 for b in range(256))
+#: Autoclear feature bit 1: the external data file holds the guest disk as raw data.
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
 
 # Declared by ``disk_format`` (oslo.utils' safety checks); reported here only when it did not.
 BACKING_FILE = "qcow2.backing_file"
@@ -105,20 +103,17 @@ CORRUPT = FindingCode(
 DIRTY = FindingCode(
     "qcow2.dirty",
     "The qcow2 image was not closed cleanly.",
-    "The dirty bit is set (lazy refcounts): refcounts may be stale until qemu repairs them.",
+    "The dirty bit is set (lazy refcounts): refcounts may be stale until qemu repairs them. Stale "
+    "refcounts are corruptions to qemu-img check (plugin qemu_img), which then rejects the image; "
+    "'qemu-img check -r all' repairs it.",
     Severity.WARNING,
 )
-L1_TABLE = FindingCode(
-    "qcow2.l1_table",
-    "The qcow2 image's cluster table is invalid.",
-    "The active L1 table is unaligned, over qemu's 32 MiB limit, too small for the virtual size or outside "
-    "the file, or one of its entries has reserved bits set or points to an L2 table that is unaligned or "
-    "outside the file.",
-)
-REFCOUNT_TABLE = FindingCode(
-    "qcow2.refcount_table",
-    "The qcow2 image's reference count table is invalid.",
-    "The refcount table is unaligned, empty, larger than qemu's 8 MiB limit, or lies outside the file.",
+DATA_FILE_RAW = FindingCode(
+    "qcow2.data_file_raw",
+    "The qcow2 image says its disk is in an external raw file that it does not have.",
+    "The autoclear data_file_raw bit is set without an external data file. qemu refuses to open such an "
+    "image; another reader would read the guest disk from the qcow2 tables. The image is not self-contained "
+    "in a way anything can rely on: clear the bit or convert the image with qemu-img.",
 )
 SNAPSHOTS = FindingCode(
     "qcow2.snapshots",
@@ -131,15 +126,8 @@ SNAPSHOT_TABLE = FindingCode(
     "The qcow2 image's snapshot table is invalid.",
     "The snapshot table or a snapshot's L1 table is unaligned, too large or outside the file.",
 )
-SCAN_LIMIT = FindingCode(
-    "qcow2.scan_limit",
-    "The qcow2 image's cluster tables were only partly scanned.",
-    "The L2 tables are larger than [plugin.qcow2] max_l2_scan_bytes; compressed_clusters is recorded "
-    "only if one was found before the limit.",
-    Severity.INFO,
-)
-CODES = [HEADER_INVALID, VERSION, CLUSTER_BITS, ENCRYPTED, CORRUPT, DIRTY, L1_TABLE, REFCOUNT_TABLE,
-         SNAPSHOTS, SNAPSHOT_TABLE, SCAN_LIMIT]
+CODES = [HEADER_INVALID, VERSION, CLUSTER_BITS, ENCRYPTED, CORRUPT, DIRTY, DATA_FILE_RAW, SNAPSHOTS,
+         SNAPSHOT_TABLE, *_tables.CODES]
 
 
 @hookimpl
@@ -152,54 +140,13 @@ def importhooks_plugin_options() -> PluginOptions:
     return PluginOptions(SECTION, (
         PluginOption("allow_snapshots", False,
                      "Accept qcow2 images with internal snapshots (reported as info) instead of rejecting them."),
-        PluginOption("max_l2_scan_bytes", DEFAULT_MAX_L2_SCAN_BYTES,
-                     "Most bytes of L2 tables read to look for compressed clusters (default 64 MiB).", size=True),
+        PluginOption("max_l2_scan_bytes", _tables.DEFAULT_MAX_L2_SCAN_BYTES,
+                     "Most bytes of L2 tables read to check their entries and look for compressed clusters "
+                     "(default 64 MiB).", size=True),
+        PluginOption("max_metadata_clusters", _tables.DEFAULT_MAX_METADATA_CLUSTERS,
+                     "Most metadata clusters (tables, L2 tables, refcount blocks) recorded to check that none "
+                     "overlaps another or the disk data (default 262144)."),
     ))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Header:
-    """The fields of a qcow2 header that the checks use."""
-
-    version: int
-    backing_file_offset: int
-    backing_file_size: int
-    cluster_bits: int
-    size: int
-    crypt_method: int
-    l1_size: int
-    l1_table_offset: int
-    refcount_table_offset: int
-    refcount_table_clusters: int
-    nb_snapshots: int
-    snapshots_offset: int
-    incompatible: int = 0
-    refcount_order: int = 4
-    header_length: int = V2_HEADER_LENGTH
-    compression_type: int = 0
-
-    @property
-    def cluster_size(self) -> int:
-        return 1 << self.cluster_bits
-
-
-class _Image:
-    """Bounded reads from the open data, and the file's extent in whole clusters."""
-
-    def __init__(self, handle: BudgetedReader, size: int) -> None:
-        self.handle = handle
-        self.size = size
-        self.extent = size
-
-    def read(self, offset: int, length: int) -> bytes:
-        if offset >= self.size or length <= 0:
-            return b""
-        self.handle.seek(offset)
-        return self.handle.read(min(length, self.size - offset))
-
-    def holds(self, offset: int, length: int) -> bool:
-        """Whether ``length`` bytes at ``offset`` lie in the file (its size rounded up to a cluster)."""
-        return 0 <= offset and offset + length <= self.extent
 
 
 def _report_once(context: ImportContext, code: str, detail: str) -> None:
@@ -220,7 +167,7 @@ def importhooks_inspect(context: ImportContext) -> None:
         return
     options = context.options(SECTION)
     with context.data.open() as handle:
-        image = _Image(handle, context.data.size)
+        image = Image(handle, context.data.size)
         header = parse_header(context, image)
         if header is None:
             return
@@ -230,14 +177,33 @@ def importhooks_inspect(context: ImportContext) -> None:
         _check_features(context, header)
         _check_backing_file(context, header, image)
         _walk_extensions(context, header, image)
-        _check_refcount_table(context, header, image)
-        _check_snapshots(context, header, image, allow=bool(options.get("allow_snapshots", False)))
-        if _check_l1_table(context, header, image):
-            limit = int(options.get("max_l2_scan_bytes", DEFAULT_MAX_L2_SCAN_BYTES))
-            _scan_l2_tables(context, header, image, limit=limit)
+        _check_tables(context, header, image, options)
 
 
-def parse_header(context: ImportContext, image: _Image) -> Header | None:
+def _check_tables(context: ImportContext, header: Header, image: Image, options: Mapping[str, Any]) -> None:
+    """The refcount, snapshot, L1 and L2 tables, each recorded as metadata, then the data clusters."""
+    metadata = Metadata(header.cluster_size, int(options["max_metadata_clusters"]))
+    metadata.claim(context, 0, header.cluster_size, "header")
+    sound = _tables.check_refcount_table(context, header, image, metadata)
+    sound = _check_snapshots(context, header, image, metadata, allow=bool(options["allow_snapshots"])) and sound
+    if not _tables.check_l1_table(context, header, image, metadata):
+        return
+    limit = int(options["max_l2_scan_bytes"])
+    listed = _tables.l2_tables(context, header, image, metadata, limit=limit)
+    if listed is None or not sound:
+        return
+    tables, complete = listed
+    compressed = _tables.scan_l2_tables(context, header, image, metadata, tables)
+    if compressed is None:
+        return
+    if not complete:
+        context.report(_tables.SCAN_LIMIT, detail=f"stopped after {len(tables)} L2 tables (max_l2_scan_bytes "
+                                                  f"{limit}, max_metadata_clusters {metadata.limit})")
+    if compressed or complete:
+        context.facts["compressed_clusters"] = compressed
+
+
+def parse_header(context: ImportContext, image: Image) -> Header | None:
     """The header, or ``None`` after reporting why the image cannot be parsed further."""
     head = image.read(0, V3_MIN_HEADER_LENGTH)
     if len(head) < V2_HEADER_LENGTH or not head.startswith(MAGIC):
@@ -255,7 +221,7 @@ def parse_header(context: ImportContext, image: _Image) -> Header | None:
     if len(head) < V3_MIN_HEADER_LENGTH:
         context.report(HEADER_INVALID, detail=f"version 3 header truncated: {len(head)} bytes")
         return None
-    incompatible, _compatible, _autoclear, refcount_order, header_length = struct.unpack_from(">QQQII", head, 72)
+    incompatible, _compatible, autoclear, refcount_order, header_length = struct.unpack_from(">QQQII", head, 72)
     cluster_size = fixed.cluster_size
     if header_length < V3_MIN_HEADER_LENGTH or header_length % 8 or header_length > cluster_size:
         context.report(HEADER_INVALID, detail=f"header_length {header_length} (cluster size {cluster_size})")
@@ -264,7 +230,7 @@ def parse_header(context: ImportContext, image: _Image) -> Header | None:
         context.report(HEADER_INVALID, detail=f"header truncated: {image.size} of {header_length} bytes")
         return None
     compression_type = image.read(V3_MIN_HEADER_LENGTH, 1)[0] if header_length > V3_MIN_HEADER_LENGTH else 0
-    return dataclasses.replace(fixed, incompatible=incompatible, refcount_order=refcount_order,
+    return dataclasses.replace(fixed, incompatible=incompatible, autoclear=autoclear, refcount_order=refcount_order,
                                header_length=header_length, compression_type=compression_type)
 
 
@@ -278,6 +244,8 @@ def _check_features(context: ImportContext, header: Header) -> None:
         context.report(DIRTY, detail=f"incompatible features {bits:#x}")
     if bits & INCOMPAT_DATA_FILE:
         _report_once(context, DATA_FILE, "qcow2: external data file feature bit set")
+    elif header.autoclear & AUTOCLEAR_DATA_FILE_RAW:
+        context.report(DATA_FILE_RAW, detail=f"autoclear features {header.autoclear:#x} without the data file bit")
     if bits & INCOMPAT_EXTENDED_L2 and header.cluster_bits < MIN_EXTENDED_L2_CLUSTER_BITS:
         context.report(CLUSTER_BITS, detail=f"cluster_bits {header.cluster_bits} with extended L2 entries")
     compression = header.compression_type
@@ -291,7 +259,7 @@ def _check_features(context: ImportContext, header: Header) -> None:
         context.report(HEADER_INVALID, detail=f"unknown crypt_method {header.crypt_method}")
 
 
-def _check_backing_file(context: ImportContext, header: Header, image: _Image) -> None:
+def _check_backing_file(context: ImportContext, header: Header, image: Image) -> None:
     offset, length = header.backing_file_offset, header.backing_file_size
     if offset:
         name = image.read(offset, min(length, MAX_BACKING_NAME))
@@ -301,7 +269,7 @@ def _check_backing_file(context: ImportContext, header: Header, image: _Image) -
         context.report(HEADER_INVALID, detail=f"backing_file_size {length} without a backing_file_offset")
 
 
-def _walk_extensions(context: ImportContext, header: Header, image: _Image) -> None:
+def _walk_extensions(context: ImportContext, header: Header, image: Image) -> None:
     """Walk the header extensions up to the backing file name or the end of the first cluster."""
     cluster_size = header.cluster_size
     end = min(header.backing_file_offset or cluster_size, cluster_size)
@@ -332,99 +300,45 @@ def _walk_extensions(context: ImportContext, header: Header, image: _Image) -> N
         offset = data_offset + (length + 7) // 8 * 8
 
 
-def _table_problem(image: _Image, offset: int, length: int, cluster_size: int, limit: int) -> str | None:
-    """What is wrong with a table of ``length`` bytes at ``offset``: alignment, qemu's ``limit``, bounds."""
-    if offset % cluster_size:
-        return f"offset {offset} is not cluster aligned"
-    if length > limit:
-        return f"{length} bytes, over qemu's limit of {limit}"
-    if length and not image.holds(offset, length):
-        return f"{length} bytes at {offset} end past the file's {image.size} bytes"
-    return None
+def _check_snapshots(context: ImportContext, header: Header, image: Image, metadata: Metadata, *,
+                     allow: bool) -> bool:
+    """Reject internal snapshots, or, when allowed, check and record the snapshot table and L1 tables.
 
-
-def _check_refcount_table(context: ImportContext, header: Header, image: _Image) -> None:
-    clusters = header.refcount_table_clusters
-    problem = "empty" if not clusters else _table_problem(
-        image, header.refcount_table_offset, clusters * header.cluster_size, header.cluster_size, MAX_REFTABLE_BYTES)
-    if problem:
-        context.report(REFCOUNT_TABLE, detail=f"refcount table: {problem}")
-
-
-def _check_l1_table(context: ImportContext, header: Header, image: _Image) -> bool:
-    """Whether the active L1 table is sound enough to read."""
-    entry_size = 16 if header.incompatible & INCOMPAT_EXTENDED_L2 else 8
-    covered = header.cluster_size * (header.cluster_size // entry_size)  # bytes of disk one L2 table maps
-    needed = -(-header.size // covered)
-    problem = _table_problem(image, header.l1_table_offset, header.l1_size * 8, header.cluster_size, MAX_L1_BYTES)
-    if problem is None and header.l1_size < needed:
-        problem = f"{header.l1_size} entries, too few for the virtual size {header.size} ({needed} needed)"
-    if problem:
-        context.report(L1_TABLE, detail=f"L1 table: {problem}")
-    return problem is None
-
-
-def _scan_l2_tables(context: ImportContext, header: Header, image: _Image, *, limit: int) -> None:
-    """Check the L1 entries and look for compressed clusters in the L2 tables, within ``limit`` bytes."""
-    cluster_size = header.cluster_size
-    stride = 16 if header.incompatible & INCOMPAT_EXTENDED_L2 else 8
-    seen: set[int] = set()
-    scanned = 0
-    compressed = False
-    complete = True
-    for start in range(0, header.l1_size, L1_CHUNK_ENTRIES):
-        count = min(L1_CHUNK_ENTRIES, header.l1_size - start)
-        raw = image.read(header.l1_table_offset + 8 * start, 8 * count).ljust(8 * count, b"\0")
-        if raw.count(0) == len(raw):
-            continue
-        for entry in sorted(set(struct.unpack(f">{count}Q", raw))):  # each distinct entry once
-            l2_offset = entry & L1E_OFFSET_MASK
-            if entry & L1E_RESERVED_MASK or l2_offset % cluster_size or not image.holds(l2_offset, cluster_size):
-                context.report(L1_TABLE, detail=f"L1 entry {entry:#018x} in entries {start}..{start + count - 1}")
-                return
-            if not l2_offset or l2_offset in seen:
-                continue
-            if scanned + cluster_size > limit:
-                complete = False
-                continue
-            seen.add(l2_offset)
-            scanned += cluster_size
-            table = image.read(l2_offset, cluster_size)
-            if not compressed and 1 in table[::stride].translate(_COMPRESSED_BYTES):
-                compressed = True
-    if not complete:
-        context.report(SCAN_LIMIT, detail=f"stopped after {scanned} bytes of L2 tables (max_l2_scan_bytes {limit})")
-    if compressed or complete:
-        context.facts["compressed_clusters"] = compressed
-
-
-def _check_snapshots(context: ImportContext, header: Header, image: _Image, *, allow: bool) -> None:
-    """Reject internal snapshots, or, when allowed, check the snapshot table's bounds."""
+    Whether the snapshot table is sound (true without snapshots, or with rejected ones).
+    """
     count, offset = header.nb_snapshots, header.snapshots_offset
     if not count:
-        return
+        return True
     if not allow:
         context.report(SNAPSHOTS, f"qcow2 images with internal snapshots are not accepted ({count} found).",
                        detail=f"{count} snapshots")
-        return
+        return True
     context.report(SNAPSHOTS, "The qcow2 image has internal snapshots.", detail=f"{count} snapshots (allowed)",
                    severity=Severity.INFO)
     if count > MAX_SNAPSHOTS or offset % header.cluster_size:
         context.report(SNAPSHOT_TABLE, detail=f"{count} snapshots at {offset}: too many or unaligned")
-        return
+        return False
+    l1_tables: list[tuple[int, int]] = []
     position = offset
     for number in range(count):
         entry = image.read(position, SNAPSHOT_ENTRY_LENGTH)
         if len(entry) < SNAPSHOT_ENTRY_LENGTH:
             context.report(SNAPSHOT_TABLE, detail=f"snapshot {number} at {position}: past the end of the file")
-            return
+            return False
         l1_offset, l1_size, id_size, name_size = struct.unpack_from(">QIHH", entry)
         (extra_size,) = struct.unpack_from(">I", entry, 36)
-        problem = f"{extra_size} bytes of extra data" if extra_size > MAX_SNAPSHOT_EXTRA else _table_problem(
-            image, l1_offset, l1_size * 8, header.cluster_size, MAX_L1_BYTES)
+        problem = f"{extra_size} bytes of extra data" if extra_size > MAX_SNAPSHOT_EXTRA else table_problem(
+            image, l1_offset, l1_size * 8, header.cluster_size, _tables.MAX_L1_BYTES)
         if problem:
             context.report(SNAPSHOT_TABLE, detail=f"snapshot {number}: {problem}")
-            return
+            return False
+        if l1_size:
+            l1_tables.append((l1_offset, l1_size * 8))
         position += (SNAPSHOT_ENTRY_LENGTH + extra_size + id_size + name_size + 7) // 8 * 8
     if not image.holds(offset, position - offset):
         context.report(SNAPSHOT_TABLE, detail=f"snapshot table ends at {position}, past the file's {image.size} bytes")
+        return False
+    if not metadata.claim(context, offset, position - offset, "snapshot table"):
+        return False
+    return all(metadata.claim(context, l1_offset, length, f"snapshot {number} L1 table")
+               for number, (l1_offset, length) in enumerate(l1_tables))

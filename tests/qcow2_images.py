@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import struct
+import subprocess
 from pathlib import Path
 
+from .disk_builders import write_clusters
 from .images import qemu_img, qemu_img_luks
 
 #: Header fields (docs/interop/qcow2.rst): name -> (offset, struct format).
@@ -100,3 +103,50 @@ def set_extensions(path: Path, *extensions: bytes, end: bool = True) -> Path:
 
 def set_l1_entry(path: Path, index: int, entry: int) -> Path:
     return patch_bytes(path, read_field(path, "l1_table_offset") + 8 * index, struct.pack(">Q", entry))
+
+
+# -- tables: read and patch entries of a real image -------------------------------------
+
+
+def written(path: Path, size: str, *writes: tuple[int, int], options: tuple[str, ...] = ()) -> Path:
+    """``qemu-img create`` then ``qemu-io`` writes of a pattern at (offset, length): allocated clusters."""
+    create(path, size, *options)
+    write_clusters(path, "qcow2", *writes)
+    return path
+
+
+def read_u64(path: Path, offset: int) -> int:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        (value,) = struct.unpack(">Q", handle.read(8))
+    return int(value)
+
+
+def l2_table(path: Path, l1_index: int = 0) -> int:
+    """The offset of the L2 table that L1 entry ``l1_index`` names."""
+    return read_u64(path, read_field(path, "l1_table_offset") + 8 * l1_index) & 0x00FFFFFFFFFFFE00
+
+
+def l2_entry(path: Path, index: int, l1_index: int = 0, stride: int = 8) -> int:
+    return read_u64(path, l2_table(path, l1_index) + stride * index)
+
+
+def set_l2_entry(path: Path, index: int, entry: int, l1_index: int = 0, stride: int = 8) -> Path:
+    return patch_bytes(path, l2_table(path, l1_index) + stride * index, struct.pack(">Q", entry))
+
+
+def refcount_block(path: Path, index: int = 0) -> int:
+    """The offset of the refcount block that refcount table entry ``index`` names."""
+    return read_u64(path, read_field(path, "refcount_table_offset") + 8 * index) & ~0x1FF
+
+
+def set_refcount(path: Path, cluster: int, refcount: int) -> Path:
+    """Set the 16-bit refcount of ``cluster`` (default refcount width, first refcount block)."""
+    return patch_bytes(path, refcount_block(path) + 2 * cluster, struct.pack(">H", refcount))
+
+
+def check(path: Path) -> tuple[int, dict[str, object]]:
+    """``qemu-img check``'s exit status and JSON report, as the tests verify what qemu says too."""
+    done = subprocess.run(["qemu-img", "check", "--output=json", "-U", "-f", "qcow2", str(path)],
+                          capture_output=True, check=False)
+    return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}

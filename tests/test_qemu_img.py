@@ -102,10 +102,13 @@ def test_benign_images_are_accepted_after_qemu_img_ran_on_a_pipeline_chosen_path
         assert result.verdict is Verdict.ACCEPT, result.findings
         args = log.read_text().splitlines()
         log.unlink()
-        assert args[:6] == ["info", "--output=json", "--force-share", "-f", driver, "--"]
-        (given,) = args[6:]
-        assert Path(given).parent.parent == workdir and Path(given).name.startswith("layer-")
-        assert str(path) not in given
+        commands = ["info", "check"] if driver == "qcow2" else ["info"]  # qemu-img check cannot check raw
+        assert len(args) == 7 * len(commands)
+        for command, call in zip(commands, (args[i : i + 7] for i in range(0, len(args), 7)), strict=True):
+            assert call[:6] == [command, "--output=json", "--force-share", "-f", driver, "--"]
+            given = call[6]
+            assert Path(given).parent.parent == workdir and Path(given).name.startswith("layer-")
+            assert str(path) not in given
     assert list(workdir.iterdir()) == []
 
 
@@ -269,12 +272,14 @@ def test_bad_option_names_its_key(settings, key, value):
 def test_options_accept_sizes_and_durations(settings):
     built = pipeline(settings, address_space="512MiB", timeout="2m", cpu_time=10, binary="qemu-img")
     assert built.options["qemu_img"] == {"address_space": 512 << 20, "timeout": 120.0, "cpu_time": 10,
-                                         "binary": "qemu-img"}
+                                         "binary": "qemu-img", "check": True}
     defaults = pipeline(settings).options["qemu_img"]
-    assert defaults == {"address_space": 1 << 30, "timeout": 60.0, "cpu_time": 30, "binary": "qemu-img"}
+    assert defaults == {"address_space": 1 << 30, "timeout": 60.0, "cpu_time": 30, "binary": "qemu-img",
+                        "check": True}
 
 
 def test_codes_are_declared(settings):
     declared = {c.code for c in pipeline(settings).catalog.values() if isinstance(c, FindingCode)}
-    assert {"qemu.mismatch", "qemu.failed", "qemu.resource_limit", "qemu.timeout", "qemu.skipped"} <= declared
+    assert {"qemu.mismatch", "qemu.failed", "qemu.resource_limit", "qemu.timeout", "qemu.skipped",
+            "qemu.check_corrupt", "qemu.check_leaks"} <= declared
 
