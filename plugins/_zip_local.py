@@ -129,3 +129,37 @@ def data_starts(raw: Reader, ordered: list[tuple[zipfile.ZipInfo, int]]) -> dict
                                f"{this.header_offset} and {bound}")
         starts[this.header_offset] = start
     return starts
+
+
+def check_tail(raw: Reader, size: int, cd_start: int) -> None:
+    """The central directory must end at the (zip64) end records, and the end record's comment at the file's end.
+
+    Found as zipfile finds it (the last end-record signature within the last 64 KiB +
+    22 bytes); bytes between the directory and the end records, or after the comment,
+    are outside every reader's view but a scanner's: raises :class:`LocalProblem`.
+    """
+    span = min(size, (1 << 16) + 22)
+    raw.seek(size - span)
+    tail = raw.read(span)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        raise LocalProblem("corrupt", "no end record")
+    end_record = size - span + at
+    after = size - (end_record + 22 + int.from_bytes(tail[at + 20:at + 22], "little"))
+    if after:
+        raise LocalProblem("hidden" if after > 0 else "corrupt", f"the end record's comment ends {-after} bytes "
+                           "past the end of the file" if after < 0 else f"{after} bytes after the end record's comment")
+    cd_size, cd_end = int.from_bytes(tail[at + 12:at + 16], "little"), end_record
+    locator = tail[at - 20:at] if at >= 20 else b""
+    if locator.startswith(b"PK\x06\x07"):
+        cd_end = int.from_bytes(locator[8:16], "little")
+        raw.seek(cd_end)
+        record = raw.read(56)
+        if len(record) < 56 or not record.startswith(b"PK\x06\x06"):
+            raise LocalProblem("corrupt", f"no zip64 end record at {cd_end}")
+        cd_size = int.from_bytes(record[40:48], "little")
+        if cd_end + 12 + int.from_bytes(record[4:12], "little") != end_record - 20:
+            raise LocalProblem("hidden", f"bytes between the zip64 end record at {cd_end} and its locator")
+    if cd_start + cd_size != cd_end:
+        raise LocalProblem("hidden", f"the central directory at {cd_start} of {cd_size} bytes does not end at "
+                           f"the end records ({cd_end})")

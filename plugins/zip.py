@@ -36,7 +36,7 @@ from importhooks.data import BudgetedReader
 from importhooks.units import format_size
 
 from ._streaming import SparseWriter, budget_options, declared_over_budget, over_budget
-from ._zip_local import LOCAL_HEADER, LocalProblem, data_starts
+from ._zip_local import LOCAL_HEADER, LocalProblem, check_tail, data_starts
 
 SECTION = "zip"
 #: Layer kinds counted by ``max_depth``: this plugin's and ``compression``'s.
@@ -370,6 +370,7 @@ def importhooks_sanitize(context: ImportContext) -> None:
                      compressed_size=chosen.compress_size)
         try:
             start = data_starts(raw, _bounds(entries, cd_start))[chosen.header_offset]
+            check_tail(raw, context.data.size, cd_start)
         except LocalProblem as exc:
             context.reject(LOCAL_CODES[exc.kind], detail=exc.detail)
         except _PARSE_ERRORS as exc:  # a name that does not encode back

@@ -293,15 +293,29 @@ def test_a_data_descriptor_that_disagrees_is_rejected(settings, tmp_path):
     assert "data descriptor" in (result.findings[0].detail or "")
 
 
-@pytest.mark.parametrize("where", ["prepended", "before the directory"])
+@pytest.mark.parametrize("where", ["prepended", "before the directory", "after the end"])
 def test_bytes_outside_every_entry_are_hidden_data(settings, tmp_path, where):
     data = zi.zip_bytes({"disk.raw": zi.disk_bytes(64 << 10)})
     hidden = zi.zip_bytes({"other.raw": b"another disk" * 100})
+    entry = hidden[:hidden.index(b"PK\x01\x02")]  # a local header and its data
     if where == "prepended":  # zipfile and unzip skip it; a streaming reader finds other.raw first
-        archive = hidden[:hidden.index(b"PK\x01\x02")] + data
-    else:
-        archive = zi.with_gap_before_directory(data, hidden[:hidden.index(b"PK\x01\x02")])
+        archive = entry + data
+    elif where == "before the directory":
+        archive = zi.with_gap_before_directory(data, entry)
+    else:  # after the end record (and its empty comment): zipfile searches the end record backwards
+        archive = data + entry[:64]
     path = zi.write(tmp_path / "h.zip", archive)
     assert zipfile.ZipFile(path).namelist() == ["disk.raw"]
     result = audit(settings, path)
     rejected_with(result, "zip.hidden_data")
+
+
+def test_an_archive_comment_is_not_hidden_data(settings, tmp_path):
+    disk = zi.disk_bytes(64 << 10)
+    data = zi.zip_bytes({"disk.raw": disk})
+    end = data.rindex(b"PK\x05\x06")
+    commented = data[:end + 20] + struct.pack("<H", 9) + b"a comment"
+    path = zi.write(tmp_path / "c.zip", commented)
+    assert zipfile.ZipFile(path).comment == b"a comment"
+    result = audit(settings, path)
+    assert result.verdict is Verdict.ACCEPT and result.layers[0].facts["uncompressed_size"] == len(disk)
