@@ -36,7 +36,7 @@ KIND = "decompressed"
 KiB, MiB = 1 << 10, 1 << 20
 #: Compressed bytes read from the layer at a time, and handed to a gzip, bzip2 or xz decoder.
 READ_SIZE = 1 * MiB
-FEED_SIZE = 64 * KiB
+FEED_SIZE, MIN_FEED_SIZE = 64 * KiB, 1 * KiB
 #: Compressed bytes given to the zstd decoder per call: python-zstandard's decompressobj
 #: has no ``max_length``, and a zstd block of 4 bytes or more yields at most 128 KiB,
 #: so 256 bytes yield at most about 8 MiB.
@@ -243,6 +243,11 @@ class _Unpacker:
         self.streams = 0
         self.declared: int | None = 0  # zstd: sum of the frames' declared sizes while every frame has one
         self.header_flagged = False
+        # bzip2 and xz decoders take in all they are given, so the ratio counts whole pieces: keep a
+        # piece's worth of max_sparse_ratio output under half of sparse_grace, or a bzip2 zero run
+        # (over a million to one) would run far past the grace before the ratio could see it.
+        sparse = int(self.options["sparse_grace"] // (2 * self.options["max_sparse_ratio"]))
+        self.feed = max(MIN_FEED_SIZE, min(FEED_SIZE, sparse))
         self._zstd: zstandard.ZstdDecompressor | None = None
 
     def fail(self, code: FindingCode, why: str, message: str | None = None) -> NoReturn:
@@ -313,7 +318,7 @@ class _Unpacker:
     def _stream(self, source: _Source, writer: SparseWriter, decoder: _Decoder) -> None:
         while True:
             self.context.check()
-            piece = source.take(FEED_SIZE)
+            piece = source.take(self.feed)
             if not piece:
                 self.fail(CORRUPT, f"the data ends inside stream {self.streams}",
                           "The compressed image is incomplete.")
