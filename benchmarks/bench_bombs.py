@@ -18,11 +18,15 @@ The bombs (all zeros, the most compressible data there is):
   the plugin) reads them as one stream of 1.1 TiB. The zstd frames are written by the
   streaming compressor, so no frame header declares its size: only the counted output
   can stop them.
-* **xz, 8 GiB** and **gzip, 8 GiB**, under ``--max-image-size 4GiB``: likewise units of
-  256 MiB, as concatenated xz streams and gzip members. The xz indexes declare 8 GiB
-  in total, which is over the limit before anything is decompressed.
-* **xz, 8 GiB, index cut off**: the same with its last 64 bytes removed, so no
-  declared size can be read: the counted output must stop it.
+* **xz, 8 GiB** and **zstd, 8 GiB, declared**, under ``--max-image-size 4GiB``:
+  units of 256 MiB as concatenated xz streams, and one zstd frame whose header
+  carries its content size. The xz indexes and the zstd frame header declare 8 GiB,
+  which is over the limit before anything is decompressed.
+* **xz, 8 GiB of 0x01, index cut off** and **gzip, 8 GiB of 0x01**: units of a byte
+  that is not zero (as compressible as zeros, but data, which costs disk); the xz
+  file has its last 64 bytes removed, so no declared size can be read: the data
+  ratio (``max_ratio``) must stop them. Zero runs of gzip and xz are not bombs any
+  more: like a fresh sparse disk, they are held to ``max_image_size`` and time.
 * **gzip of bzip2, 1.1 TiB**: the bzip2 bomb above, gzipped (two nested layers).
 * **zip, 1.1 TiB of overlapping entries** (David Fifield's full-overlap construction,
   as ``tests/zip_images.py`` builds it small): 1127 central-directory entries whose
@@ -31,13 +35,18 @@ The bombs (all zeros, the most compressible data there is):
   1.1 TiB). The zip plugin reports several findings for it; the first error may be
   ``zip.overlap``, ``zip.too_many_entries`` or ``zip.too_large``.
 
-And one legitimate image: **a 2 GiB sparse raw disk** (each MiB: 29 KiB of random
-bytes, then zeros; about 35:1) compressed by ``zstd -3``; it must be accepted.
+And legitimate images, which must be accepted: **a 2 GiB sparse raw disk** (each
+MiB: 29 KiB of random bytes, then zeros; about 35:1) compressed by ``zstd -3``, and
+**a 20 GiB-virtual fresh raw disk holding 16 MiB** (random bytes at its start, then
+zeros) in each of gzip, bzip2, xz and zstd (the data compressed once, the zeros as
+repeated 256 MiB streams: about 570:1 to 1280:1). For the latter the time of
+``sha512sum`` over the same 20 GiB (read from a sparse file) is reported next to the
+audit's, with their ratio.
 
 Targets: every bomb rejected with its finding code in at most 2 s and 128 MiB peak
-RSS; the sparse disk accepted (its time and memory are reported, not targeted: its
-2 GiB are inspected and hashed like any 2 GiB disk). Files go to a directory made with
-``tempfile.mkdtemp(dir=--dir)`` and removed at the end (about 110 MiB on disk; the
+RSS; the sparse disks accepted (their time and memory are reported, not targeted:
+they are inspected and hashed like any disk of their size). Files go to a directory made with
+``tempfile.mkdtemp(dir=--dir)`` and removed at the end (about 200 MiB on disk; the
 sparse disk is written sparse). Exit status 0 when every target is met, 1 when one is
 missed, 2 when the benchmark could not run.
 """
@@ -50,6 +59,7 @@ import functools
 import gzip
 import json
 import lzma
+import multiprocessing
 import os
 import random
 import shutil
@@ -77,9 +87,9 @@ TARGET_RSS_MIB = 128
 CONFIG = 'container_formats = ["bare", "compressed"]\n[plugins]\nentry_points = false\n'
 
 
-def zeros_unit(compressor: Any, size: int) -> bytes:
-    """``size`` zero bytes through a compressor object (compress/flush), 64 MiB at a time."""
-    piece = bytes(64 * MIB)
+def zeros_unit(compressor: Any, size: int, fill: int = 0) -> bytes:
+    """``size`` zero bytes (or bytes of ``fill``) through a compressor object (compress/flush), 64 MiB at a time."""
+    piece = bytes([fill]) * (64 * MIB)
     parts = [compressor.compress(piece[: min(len(piece), size - start)]) for start in range(0, size, len(piece))]
     return b"".join(parts) + bytes(compressor.flush())
 
@@ -111,14 +121,43 @@ def build_xz(path: Path) -> int:
 
 
 def build_xz_no_index(path: Path) -> int:
-    size = build_xz(path)
+    size = repeat_to(path, zeros_unit(lzma.LZMACompressor(preset=0), 256 * MIB, 1), 256 * MIB, 8 * GIB)
     with open(path, "r+b") as handle:
         handle.truncate(path.stat().st_size - 64)
     return size
 
 
 def build_gzip(path: Path) -> int:
-    return repeat_to(path, zeros_unit(zlib.compressobj(9, zlib.DEFLATED, 31), 256 * MIB), 256 * MIB, 8 * GIB)
+    return repeat_to(path, zeros_unit(zlib.compressobj(9, zlib.DEFLATED, 31), 256 * MIB, 1), 256 * MIB, 8 * GIB)
+
+
+def build_zstd_declared(path: Path) -> int:
+    path.write_bytes(zeros_unit(zstandard.ZstdCompressor(level=1).compressobj(size=8 * GIB), 8 * GIB))
+    return 8 * GIB
+
+
+SPARSE_SIZE, SPARSE_DATA = 20 * GIB, 16 * MIB
+SPARSE_MAKERS: dict[str, Callable[[], Any]] = {
+    "gzip": lambda: zlib.compressobj(6, zlib.DEFLATED, 31), "bzip2": lambda: bz2.BZ2Compressor(9),
+    "xz": lambda: lzma.LZMACompressor(preset=6), "zstd": lambda: zstandard.ZstdCompressor(level=3).compressobj()}
+
+
+def build_fresh_disk(kind: str, path: Path) -> int:
+    """20 GiB holding 16 MiB of random bytes then zeros, in ``kind``; the raw disk is kept (sparse) for sha512sum."""
+    data = random.Random(16).randbytes(SPARSE_DATA)
+    with open(path.with_suffix(".raw"), "wb") as raw:
+        raw.write(data)
+        raw.truncate(SPARSE_SIZE)
+    maker = SPARSE_MAKERS[kind]
+    head = maker()
+    first = bytes(head.compress(data)) + bytes(head.flush())
+    lead = zeros_unit(maker(), 256 * MIB - SPARSE_DATA)
+    unit = zeros_unit(maker(), 256 * MIB)
+    with open(path, "wb") as out:
+        out.write(first + lead)
+        for _ in range(SPARSE_SIZE // (256 * MIB) - 1):
+            out.write(unit)
+    return SPARSE_SIZE
 
 
 def build_gzip_of_bzip2(path: Path) -> int:
@@ -227,6 +266,13 @@ def build_sparse_disk(path: Path) -> int:
     return 2 * GIB
 
 
+def build_apart(build: Callable[[Path], int], path: Path) -> int:
+    """Run a builder in a forked process: its memory must not raise this process's peak RSS, which
+    Linux hands down to every audit it starts (the child's ru_maxrss starts from the parent's at fork)."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return int(pool.apply(build, (path,)))
+
+
 @dataclass
 class Case:
     name: str
@@ -240,6 +286,9 @@ class Case:
     expanded: int = 0
     build_s: float = 0.0
     runs: list[dict[str, Any]] = field(default_factory=list)
+    #: Time sha512sum over the same output (the raw disk kept next to the file) for comparison.
+    reference: bool = False
+    reference_s: float | None = None
 
     @property
     def is_bomb(self) -> bool:
@@ -256,12 +305,15 @@ CASES = [
     Case("bzip2, 1.1 TiB of zeros", build_bzip2, "compression.ratio"),
     Case("zstd, 1.1 TiB of zeros (sizes not declared)", build_zstd, "compression.ratio"),
     Case("xz, 8 GiB of zeros, 4 GiB limit", build_xz, "compression.too_large", "4GiB"),
-    Case("xz, 8 GiB, index cut off, 4 GiB limit", build_xz_no_index, "compression.ratio", "4GiB"),
-    Case("gzip, 8 GiB of zeros, 4 GiB limit", build_gzip, "compression.ratio", "4GiB"),
+    Case("zstd, 8 GiB of zeros, declared, 4 GiB limit", build_zstd_declared, "compression.too_large", "4GiB"),
+    Case("xz, 8 GiB of 0x01, no index, 4 GiB limit", build_xz_no_index, "compression.ratio", "4GiB"),
+    Case("gzip, 8 GiB of 0x01, 4 GiB limit", build_gzip, "compression.ratio", "4GiB"),
     Case("gzip of bzip2, 1.1 TiB of zeros", build_gzip_of_bzip2, "compression.ratio"),
     Case("zip, 1.1 TiB of overlapping entries (Fifield)", build_zip_overlap, "zip.overlap",
          also=("zip.too_many_entries", "zip.too_large")),
     Case("legitimate: 2 GiB sparse raw, zstd ~35:1", build_sparse_disk, "accept"),
+    *(Case(f"legitimate: 20 GiB raw holding 16 MiB, {kind}", functools.partial(build_fresh_disk, kind), "accept",
+           reference=True) for kind in ("gzip", "bzip2", "xz", "zstd")),
 ]
 
 
@@ -298,6 +350,8 @@ def summary(case: Case) -> dict[str, Any]:
             "expands_to": case.expanded, "build_s": round(case.build_s, 1), "expect": case.expect,
             "verdict": last["verdict"], "codes": last["codes"], "detail": last["detail"],
             "rejected_with": case.rejection(last["codes"]) if case.is_bomb else None,
+            "sha512sum_s": None if case.reference_s is None else round(case.reference_s, 2),
+            "vs_sha512sum": None if case.reference_s is None else round(wall / case.reference_s, 2),
             "wall_s_median": round(wall, 3), "pipeline_s_median": round(statistics.median(
                 r["pipeline_s"] for r in case.runs), 3), "peak_rss_mib": round(rss, 1), "met": met}
 
@@ -320,6 +374,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
               f"{target}: {'met' if row['met'] else 'MISSED'}")
     for row in rows:
         print(f"  {row['case']}: built in {row['build_s']} s; {row['detail'] or 'no finding'}")
+        if row["sha512sum_s"] is not None:
+            print(f"    sha512sum of the same {readable(row['expands_to'])}: {row['sha512sum_s']:.2f} s; "
+                  f"the audit took {row['vs_sha512sum']:.2f} times that")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,8 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         for number, case in enumerate(cases):
             case.file = root / f"case-{number}"
             started = time.monotonic()
-            case.expanded = case.build(case.file)
+            case.expanded = build_apart(case.build, case.file)
             case.build_s = time.monotonic() - started
+            if case.reference:
+                started = time.monotonic()
+                subprocess.run(["sha512sum", str(case.file.with_suffix(".raw"))], check=True, capture_output=True)
+                case.reference_s = time.monotonic() - started
         for _ in range(max(1, args.runs)):
             for case in cases:
                 case.runs.append(audit(case, config))

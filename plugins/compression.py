@@ -4,9 +4,11 @@ Runs on a layer whose ``container_format`` fact (from ``content_type``) is one o
 the four, streams the decompressed data into a file the pipeline names (all-zero
 blocks become holes) and makes it the next layer, kind ``decompressed``, which is
 inspected like any disk. The budgets (``max_image_size`` and the
-``[plugin.compression]`` options) are checked on the real output as it is made;
-sizes the data declares (xz index, zstd frame headers) are read first and may only
-reject. Facts on the compressed layer: ``compression``, ``compressed_size``,
+``[plugin.compression]`` options) are checked on the real output as it is made:
+``max_ratio`` on the data written, ``max_sparse_ratio`` on all of it, zeros included;
+sizes the data declares (xz index, zstd frame headers, the last gzip ISIZE) are read
+first and may only reject. Gzip headers over ``max_gzip_header`` are flagged.
+Facts on the compressed layer: ``compression``, ``compressed_size``,
 ``uncompressed_size``, ``ratio``, ``streams`` and ``declared_size`` (when every
 stream declares it). What is checked and why: docs/containers/compression.rst.
 """
@@ -19,11 +21,12 @@ import re
 import zlib
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, hookimpl
+from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 from importhooks.data import BudgetedReader
 from importhooks.units import format_size
 
-from ._streaming import SparseWriter, parse_ratio, ratio_exceeded
+from ._gzip import GZIP_MAGIC, header_size, isize_lower_bound
+from ._streaming import SparseWriter, budget_options, declared_over_budget, over_budget
 from ._xz import XZ_MAGIC, xz_declared_size
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ KIND = "decompressed"
 KiB, MiB = 1 << 10, 1 << 20
 #: Compressed bytes read from the layer at a time, and handed to a gzip, bzip2 or xz decoder.
 READ_SIZE = 1 * MiB
-FEED_SIZE = 64 * KiB
+FEED_SIZE, MIN_FEED_SIZE = 64 * KiB, 1 * KiB
 #: Compressed bytes given to the zstd decoder per call: python-zstandard's decompressobj
 #: has no ``max_length``, and a zstd block of 4 bytes or more yields at most 128 KiB,
 #: so 256 bytes yield at most about 8 MiB.
@@ -43,23 +46,26 @@ ZSTD_FEED_SIZE = 256
 OUT_CHUNK = 1 * MiB
 _NONZERO = re.compile(rb"[^\x00]")
 #: What each stream starts with; zstd also has skippable frames (0x184D2A5?).
-MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": XZ_MAGIC, "zstd": b"\x28\xb5\x2f\xfd"}  # zstandard.FRAME_HEADER
+MAGIC = {"gzip": GZIP_MAGIC, "bzip2": b"BZh", "xz": XZ_MAGIC, "zstd": b"\x28\xb5\x2f\xfd"}  # zstandard.FRAME_HEADER
 DETAIL_LIMIT = 200
 
 TOO_LARGE = FindingCode(
     "compression.too_large",
     "The image is larger than this cloud accepts once decompressed.",
     "The decompressed data is over max_image_size: counted while decompressing, or declared before any "
-    "decompression by the xz index or a zstd frame header (the detail says which). A declared size only "
-    "ever rejects: the real output is always counted.",
+    "decompression by the xz index, a zstd frame header or the ISIZE of the last gzip trailer (a lower "
+    "bound: the last member's size modulo 4 GiB); the detail says which. A declared size only ever "
+    "rejects: the real output is always counted.",
 )
 RATIO = FindingCode(
     "compression.ratio",
     "The image expands far more than a disk image does when decompressed.",
-    "Past plugin.compression.ratio_grace bytes of output, the output was more than plugin.compression."
-    "max_ratio times the compressed bytes read so far, or than the upload: a decompression bomb. A "
-    "legitimately very sparse raw disk needs a higher max_ratio; better, upload it as qcow2, which stores "
-    "no zeros.",
+    "A decompression bomb: past plugin.compression.ratio_grace, the data (output that is not all-zero "
+    "64 KiB pieces) was more than max_ratio times the compressed bytes read so far, or than the upload; or, "
+    "past sparse_grace, all of the output, zeros included, was more than max_sparse_ratio times them (a "
+    "zstd or bzip2 run of zeros; a declared size can show it too). An almost empty raw disk compressed "
+    "with zstd or bzip2 may need a higher max_sparse_ratio; better, upload it as qcow2, which stores no "
+    "zeros.",
 )
 DEPTH = FindingCode(
     "compression.depth",
@@ -92,6 +98,15 @@ STREAMS = FindingCode(
     "The layer holds more than plugin.compression.max_streams gzip members, bzip2 or xz streams or zstd "
     "frames; each costs a decoder set-up, and empty ones cost time for no data.",
 )
+GZIP_HEADER = FindingCode(
+    "compression.gzip_header",
+    "The compressed image has an unusually large gzip header.",
+    "A gzip member's header (its FEXTRA, FNAME and FCOMMENT fields) is longer than plugin.compression."
+    "max_gzip_header. Every gzip reader skips it, so the disk is the same for all of them, but nothing "
+    "that makes gzip files writes such headers: a name or comment of megabytes is a smuggled payload. "
+    "Compress the disk again without a name (gzip -n).",
+    Severity.WARNING,
+)
 EMPTY = FindingCode(
     "compression.empty",
     "The compressed image holds no data.",
@@ -100,19 +115,19 @@ EMPTY = FindingCode(
 
 
 OPTIONS = PluginOptions(SECTION, (
-    PluginOption("max_ratio", 100.0, "Most decompressed bytes per compressed byte once the output passes "
-                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=parse_ratio),
-    PluginOption("ratio_grace", 64 * MiB, "Output allowed before max_ratio applies.", size=True),
+    *budget_options(),
     PluginOption("max_depth", 2, "Most nested decompressions (gzip of bzip2 is 2)."),
     PluginOption("max_window_size", 128 * MiB, "Most decoder memory a stream may need: the zstd window, "
                  "the xz memory limit.", size=True),
     PluginOption("max_streams", 1_000_000, "Most gzip members, bzip2 or xz streams or zstd frames per layer."),
+    PluginOption("max_gzip_header", 128 * KiB, "Longest gzip member header (FEXTRA, FNAME, FCOMMENT) not "
+                 "flagged (compression.gzip_header); read with reads of at most this.", size=True),
 ))
 
 
 @hookimpl
 def importhooks_finding_codes() -> list[FindingCode]:
-    return [TOO_LARGE, RATIO, DEPTH, CORRUPT, TRAILING_DATA, WINDOW, STREAMS, EMPTY]
+    return [TOO_LARGE, RATIO, DEPTH, CORRUPT, TRAILING_DATA, WINDOW, STREAMS, EMPTY, GZIP_HEADER]
 
 
 @hookimpl
@@ -228,6 +243,12 @@ class _Unpacker:
         self.out = 0
         self.streams = 0
         self.declared: int | None = 0  # zstd: sum of the frames' declared sizes while every frame has one
+        self.header_flagged = False
+        # bzip2 and xz decoders take in all they are given, so the ratio counts whole pieces: keep a
+        # piece's worth of max_sparse_ratio output under half of sparse_grace, or a bzip2 zero run
+        # (over a million to one) would run far past the grace before the ratio could see it.
+        sparse = int(self.options["sparse_grace"] // (2 * self.options["max_sparse_ratio"]))
+        self.feed = max(MIN_FEED_SIZE, min(FEED_SIZE, sparse))
         self._zstd: zstandard.ZstdDecompressor | None = None
 
     def fail(self, code: FindingCode, why: str, message: str | None = None) -> NoReturn:
@@ -242,9 +263,8 @@ class _Unpacker:
         """Reject on a declared output size, before decoding: over the limit, or a bomb's ratio."""
         if declared > self.max_output:
             self.too_large(f"{where} declares {declared} bytes")
-        size, max_ratio = self.context.data.size, self.options["max_ratio"]
-        if declared > self.options["ratio_grace"] and declared > max_ratio * size:
-            self.fail(RATIO, f"{where} declares {declared} bytes from {size}, max_ratio {max_ratio:g}")
+        if why := declared_over_budget(self.options, declared, self.context.data.size):
+            self.fail(RATIO, f"{where} declares {declared} bytes, {why}")
 
     def run(self, source: _Source, writer: SparseWriter) -> None:
         while source.skip_zeros():
@@ -257,9 +277,20 @@ class _Unpacker:
             self.streams += 1
             if self.streams > self.options["max_streams"]:
                 self.fail(STREAMS, f"more than {self.options['max_streams']} streams")
+            if self.algorithm == "gzip":
+                self._gzip_header(source)
             self._stream(source, writer, self._decoder(head))
         if self.out == 0:
             self.fail(EMPTY, f"{self.streams} stream(s), no output")
+
+    def _gzip_header(self, source: _Source) -> None:
+        """Flag (once) a member header longer than max_gzip_header; zlib parses it either way."""
+        cap = self.options["max_gzip_header"]
+        if self.header_flagged or header_size(source.peek, cap) is not None:
+            return
+        self.header_flagged = True
+        self.context.report(GZIP_HEADER, detail=f"gzip: member {self.streams} at offset {source.taken} has a "
+                            f"header over {cap} bytes (flags {source.peek(4)[3]:#04x})")
 
     def _decoder(self, head: bytes) -> _Decoder:
         window = self.options["max_window_size"]
@@ -290,7 +321,7 @@ class _Unpacker:
     def _stream(self, source: _Source, writer: SparseWriter, decoder: _Decoder) -> None:
         while True:
             self.context.check()
-            piece = source.take(FEED_SIZE)
+            piece = source.take(self.feed)
             if not piece:
                 self.fail(CORRUPT, f"the data ends inside stream {self.streams}",
                           "The compressed image is incomplete.")
@@ -298,8 +329,8 @@ class _Unpacker:
                 chunk = self._decode(decoder, piece)
                 piece = b""
                 if chunk:
-                    self._count(len(chunk), source.taken - decoder.pending)
                     writer.write(chunk)
+                    self._count(len(chunk), writer.data, source.taken - decoder.pending)
                 if decoder.eof:
                     source.give_back(decoder.unused)
                     return
@@ -318,14 +349,13 @@ class _Unpacker:
                 self.fail(WINDOW, f"{text}, limit {self.options['max_window_size']}")
             self.fail(CORRUPT, text)
 
-    def _count(self, size: int, consumed: int) -> None:
-        """Count real output against the size and ratio budgets."""
+    def _count(self, size: int, data: int, consumed: int) -> None:
+        """Count real output (``data`` of it written) against the size and ratio budgets."""
         self.out += size
         if self.out > self.max_output:
             self.too_large(f"the output passed the limit after {consumed} compressed bytes")
-        max_ratio, upload = self.options["max_ratio"], self.context.layers[0].size
-        if ratio_exceeded(self.out, consumed, upload, max_ratio, self.options["ratio_grace"]):
-            self.fail(RATIO, f"{self.out} bytes from {consumed} (upload {upload}), max_ratio {max_ratio:g}")
+        if why := over_budget(self.options, self.out, data, consumed, self.context.layers[0].size):
+            self.fail(RATIO, why)
 
 
 @hookimpl
@@ -343,6 +373,11 @@ def importhooks_sanitize(context: ImportContext) -> None:
     declared = xz_declared_size(context) if algorithm == "xz" else None
     if declared is not None:
         unpacker.check_declared(declared, "the index")
+    if algorithm == "gzip":  # a lower bound only: not a declared_size fact
+        size = context.data.size
+        least = isize_lower_bound(context.data.read_at(max(0, size - 4), min(size, 4)), size)
+        if least is not None:
+            unpacker.check_declared(least, "the last gzip trailer (ISIZE, a lower bound)")
     out = context.temp_path(".raw")
     try:
         with open(out, "wb") as handle, context.data.open() as source:

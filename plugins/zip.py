@@ -35,7 +35,8 @@ from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions,
 from importhooks.data import BudgetedReader
 from importhooks.units import format_size
 
-from ._streaming import SparseWriter, parse_ratio, ratio_exceeded
+from ._streaming import SparseWriter, budget_options, declared_over_budget, over_budget
+from ._zip_local import LOCAL_HEADER, LocalProblem, check_tail, data_starts
 
 SECTION = "zip"
 #: Layer kinds counted by ``max_depth``: this plugin's and ``compression``'s.
@@ -48,11 +49,9 @@ DIRECTORY_PER_ENTRY = 4 << 10
 #: An entry declaring no output and at most this much compressed data is a directory or an empty file.
 EMPTY_COMPRESSED_MAX = 32
 DETAIL_LIMIT = 200
-LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 FLAG_ENCRYPTED = 0x01 | 0x40  # traditional, strong
 FLAG_LZMA_EOS = 0x02
 FLAG_PATCHED = 0x20
-FLAG_UTF8 = 0x800
 METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
            zipfile.ZIP_LZMA: "lzma"}
 _PARSE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error, EOFError, OSError)
@@ -67,9 +66,11 @@ TOO_LARGE = _code("too_large", "The disk image in the zip archive is larger than
                   "An entry's declared size, all of them together, or the real output is over max_image_size. "
                   "Declared sizes are checked before anything is decompressed; the output is counted anyway.")
 RATIO = _code("ratio", "The zip archive expands far more than a disk image does; it looks like a zip bomb.",
-              "Past plugin.zip.ratio_grace bytes, the member's output (declared, or made so far) was more than "
-              "plugin.zip.max_ratio times its compressed bytes, or than the upload. A very sparse raw disk "
-              "needs a higher max_ratio; better, upload it as qcow2, which stores no zeros.")
+              "Past plugin.zip.ratio_grace, the member's data (output that is not all-zero 64 KiB pieces) was "
+              "more than plugin.zip.max_ratio times its compressed bytes read so far, or than the upload; or, "
+              "past sparse_grace, its output, zeros included (declared, or made so far), was more than "
+              "max_sparse_ratio times them. An almost empty raw disk compressed with bzip2 or lzma may need a "
+              "higher max_sparse_ratio; better, upload it as qcow2, which stores no zeros.")
 OVERLAP = _code("overlap", "The zip archive's entries overlap; it looks like a zip bomb.",
                 "Entries share a local header or data, an entry's data runs into the next entry or the central "
                 "directory, or a local header names another file than its directory entry (Fifield's "
@@ -92,21 +93,34 @@ CORRUPT = _code("corrupt", "The zip archive is damaged or incomplete.",
 DEPTH = _code("depth", "The image is nested in too many archives or compressed files.",
               "Unpacking this zip would make more nested unpacked layers (zip and compression together) than "
               "plugin.zip.max_depth. Zip the disk image itself.")
+MISMATCH = _code("header_mismatch", "The zip archive's headers disagree about a file; other tools could unpack "
+                 "a different disk.",
+                 "A local header (or data descriptor) says another method, encryption or descriptor flag, CRC or "
+                 "size (zip64 sizes included) than its central directory entry. Readers that start from the "
+                 "directory and readers that stream the local headers would unpack different data. Re-create "
+                 "the archive with a standard tool.")
+HIDDEN = _code("hidden_data", "The zip archive holds data outside its listed files; other tools could see "
+               "another file.",
+               "Bytes before the first local header (prepended data), between one entry's data and the next "
+               "local header, or between the last entry and the central directory. A reader that streams the "
+               "local headers from the start may find files there that the central directory does not list. "
+               "Re-create the archive with a standard tool.")
 NAME = _code("name", "The zip archive has entry names that would be unsafe to extract; they were not used.",
              "An entry name is absolute, has a '..' component, a backslash, a drive letter or a control "
              "character. Nothing is extracted by name, so this is a warning.", Severity.WARNING)
 
 
 OPTIONS = PluginOptions(SECTION, (
-    PluginOption("max_ratio", 100.0, "Most output per compressed byte of the member once the output passes "
-                 "ratio_grace, counted on the bytes read so far and on the whole upload.", parse=parse_ratio),
-    PluginOption("ratio_grace", 64 << 20, "Output allowed before max_ratio applies.", size=True),
+    *budget_options(),
     PluginOption("max_depth", 2, "Most nested unpacked layers, zip and compression together (a zip in a zip is 2)."),
     PluginOption("max_entries", 64, "Most central-directory entries; a directory over 128 KiB + 4 KiB per "
                  "allowed entry is refused unread."),
     PluginOption("max_window_size", 128 << 20, "Most decoder memory a member may need (the lzma dictionary).",
                  size=True),
 ))
+
+
+LOCAL_CODES = {"corrupt": CORRUPT, "overlap": OVERLAP, "mismatch": MISMATCH, "hidden": HIDDEN}
 
 
 class _Refuse(Exception):
@@ -166,7 +180,8 @@ class _Input:
 
 @hookimpl
 def importhooks_finding_codes() -> list[FindingCode]:
-    return [TOO_LARGE, RATIO, OVERLAP, ENCRYPTED, METHOD, MULTIPLE, NO_MEMBER, TOO_MANY, CORRUPT, DEPTH, NAME]
+    return [TOO_LARGE, RATIO, OVERLAP, ENCRYPTED, METHOD, MULTIPLE, NO_MEMBER, TOO_MANY, CORRUPT, DEPTH, NAME,
+            MISMATCH, HIDDEN]
 
 
 @hookimpl
@@ -225,11 +240,10 @@ def _check_entries(context: ImportContext, entries: list[zipfile.ZipInfo], cd_st
     if declared > limit:
         problems.append((TOO_LARGE, f"The disk image in the zip archive is larger than the limit of "
                          f"{format_size(limit)}.", f"entries declare {declared} bytes, limit {limit}"))
-    max_ratio = options["max_ratio"]
     for info in entries:
-        if info.file_size > options["ratio_grace"] and info.file_size > max_ratio * min(info.compress_size, upload):
+        if why := declared_over_budget(options, info.file_size, min(info.compress_size, upload)):
             problems.append((RATIO, None, f"an entry declares {info.file_size} bytes from {info.compress_size} "
-                             f"(upload {upload}), max_ratio {max_ratio:g}"))
+                             f"(upload {upload}), {why}"))
             break
     if outside := [info.header_offset for info in entries if not 0 <= info.header_offset < cd_start]:
         problems.append((CORRUPT, None, f"local header offset {outside[0]} outside the archive"))
@@ -241,27 +255,6 @@ def _check_entries(context: ImportContext, entries: list[zipfile.ZipInfo], cd_st
                              f"of data runs past {bound} ({len(entries)} entries)"))
             break
     return problems, members[0] if len(members) == 1 else None
-
-
-def _data_starts(raw: BudgetedReader, entries: list[zipfile.ZipInfo], cd_start: int) -> dict[int, int]:
-    """Each entry's data offset, by header offset, from its local header; raises _Refuse on overlap."""
-    starts: dict[int, int] = {}
-    for this, bound in _bounds(entries, cd_start):
-        raw.seek(this.header_offset)
-        head = raw.read(LOCAL_HEADER.size)
-        if len(head) < LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
-            raise _Refuse(CORRUPT, f"no local header at {this.header_offset}")
-        name_length, extra_length = LOCAL_HEADER.unpack(head)[-2:]
-        name = raw.read(name_length)
-        if name != this.orig_filename.encode("utf-8" if this.flag_bits & FLAG_UTF8 else "cp437"):
-            raise _Refuse(OVERLAP, f"the local header at {this.header_offset} names {name[:DETAIL_LIMIT]!r}, "
-                          f"its directory entry {_quote(this.orig_filename)}")
-        start = this.header_offset + LOCAL_HEADER.size + name_length + extra_length
-        if start + this.compress_size > bound:
-            raise _Refuse(OVERLAP, f"the data of the entry at {this.header_offset} ends at "
-                          f"{start + this.compress_size}, past {bound}")
-        starts[this.header_offset] = start
-    return starts
 
 
 def _inflate(chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -331,7 +324,6 @@ def _extract(context: ImportContext, source: _Input, info: zipfile.ZipInfo, out:
              options: Mapping[str, Any]) -> int:
     """Decompress the member into ``out`` within the budgets; return the real output size."""
     limit, declared, upload = context.settings.max_image_size, info.file_size, context.layers[0].size
-    max_ratio, grace = options["max_ratio"], options["ratio_grace"]
     written = crc = 0
     with open(out, "xb") as sink:
         writer = SparseWriter(sink.fileno())
@@ -343,11 +335,10 @@ def _extract(context: ImportContext, source: _Input, info: zipfile.ZipInfo, out:
                               f"The disk image in the zip archive is larger than the limit of {format_size(limit)}.")
             if written > declared:
                 raise _Refuse(CORRUPT, f"output passed the declared {declared} bytes")
-            if ratio_exceeded(written, source.consumed, upload, max_ratio, grace):
-                raise _Refuse(RATIO, f"{written} bytes from {source.consumed} (upload {upload}), "
-                              f"max_ratio {max_ratio:g}")
             crc = zlib.crc32(piece, crc)
             writer.write(piece)
+            if why := over_budget(options, written, writer.data, source.consumed, upload):
+                raise _Refuse(RATIO, why)
         writer.close()
     if not written:
         raise _Refuse(NO_MEMBER, "the only entry with data decompresses to nothing")
@@ -378,9 +369,10 @@ def importhooks_sanitize(context: ImportContext) -> None:
         facts.update(disk_member=chosen.orig_filename[:DETAIL_LIMIT], zip_method=METHODS[chosen.compress_type],
                      compressed_size=chosen.compress_size)
         try:
-            start = _data_starts(raw, entries, cd_start)[chosen.header_offset]
-        except _Refuse as exc:
-            context.reject(exc.code, detail=exc.detail)
+            start = data_starts(raw, _bounds(entries, cd_start))[chosen.header_offset]
+            check_tail(raw, context.data.size, cd_start)
+        except LocalProblem as exc:
+            context.reject(LOCAL_CODES[exc.kind], detail=exc.detail)
         except _PARSE_ERRORS as exc:  # a name that does not encode back
             context.reject(CORRUPT, detail=f"local headers: {exc!r}"[:DETAIL_LIMIT])
         out = context.temp_path(".raw")

@@ -50,10 +50,10 @@ def zstd_stream(data: bytes, *, chunk: int = 1 << 20, window_log: int = 0) -> by
     return buffer.getvalue()
 
 
-def gzip_zeros(size: int, level: int = 6) -> bytes:
-    """``size`` zero bytes as one gzip member, compressed piece by piece (a bomb when large)."""
+def gzip_zeros(size: int, level: int = 6, fill: int = 0) -> bytes:
+    """``size`` bytes of ``fill`` (zeros) as one gzip member, compressed piece by piece (a bomb when large)."""
     compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
-    piece = bytes(min(size, 1 << 20))
+    piece = bytes([fill]) * min(size, 1 << 20)
     parts = []
     for start in range(0, size, len(piece)):
         parts.append(compressor.compress(piece[: size - start]))
@@ -131,6 +131,24 @@ def gzip_named(data: bytes, name: bytes) -> bytes:
     header = b"\x1f\x8b\x08\x08" + bytes(4) + b"\x00\x03" + name + b"\0"
     trailer = zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
     return header + body + trailer
+
+
+def gzip_with_header(data: bytes, *, extra: bytes = b"", name: bytes = b"", comment: bytes = b"") -> bytes:
+    """One gzip member whose header carries the FEXTRA, FNAME and FCOMMENT fields given (written by hand)."""
+    flags = (0x04 if extra else 0) | (0x08 if name else 0) | (0x10 if comment else 0)
+    header = b"\x1f\x8b\x08" + bytes([flags]) + bytes(4) + b"\x00\x03"
+    if extra:
+        header += len(extra).to_bytes(2, "little") + extra
+    header += (name + b"\0" if name else b"") + (comment + b"\0" if comment else b"")
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = zlib.crc32(data).to_bytes(4, "little") + (len(data) & 0xFFFFFFFF).to_bytes(4, "little")
+    return header + body + trailer
+
+
+def sparse_disk(size: int, data: int, *, seed: int = 4) -> bytes:
+    """A raw disk of ``size`` bytes holding ``data`` random bytes at its start and zeros after (a fresh disk)."""
+    return random.Random(seed).randbytes(data) + bytes(size - data)
 
 
 def zstd_with_dictionary(data: bytes) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from importhooks_plugins._gzip import header_size
 from importhooks_plugins._streaming import SparseWriter
 
 from importhooks import Claims, ConfigError, ImportRequest, Pipeline, Settings, Verdict
@@ -201,26 +202,75 @@ def test_nesting_deeper_than_max_depth_is_rejected(csettings, workdir, tmp_path)
 # -- bombs, at a small scale ---------------------------------------------------------------
 
 
+def fill_stream(kind: str, size: int, fill: int) -> bytes:
+    """``size`` bytes of ``fill`` in ``kind``, with no declared size where the format allows (zstd streaming)."""
+    payload = bytes([fill]) * size
+    return {"gzip": ci.gzip_zeros(size, fill=fill), "bzip2": bz2.compress(payload), "xz": ci.compress("xz", payload),
+            "zstd": ci.zstd_stream(payload)}[kind]
+
+
+def produced(detail: str) -> int:
+    """The output count a ratio detail starts with."""
+    return int(detail.split(": ", 1)[1].split(" ", 1)[0])
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_bomb_is_stopped_by_the_ratio_after_the_grace(csettings, workdir, tmp_path, kind):
-    zeros = bytes(32 * MiB)
-    data = {"gzip": ci.gzip_zeros(len(zeros)), "bzip2": bz2.compress(zeros), "xz": ci.compress("xz", zeros),
-            "zstd": ci.zstd_stream(zeros)}[kind]
+def test_a_sparse_raw_disk_is_accepted_whatever_its_ratio(csettings, workdir, tmp_path, kind):
+    # A fresh 128 MiB disk holding 32 KiB, by the real tool: 800:1 (gzip) to 4000:1 (bzip2), far over
+    # max_ratio, which applies to the data only; zero runs cost time, not disk.
+    raw = tmp_path / "fresh.raw"
+    with open(raw, "wb") as handle:
+        handle.write(os.urandom(32 << 10))
+        handle.truncate(128 * MiB)
+    path = ci.compress_file(kind, raw, tmp_path / f"fresh.{kind}")
+    result = audit(csettings, path, disk_format="raw")
+    assert_accepted(result, workdir)
+    assert_layers(result, kind, 128 * MiB)
+    assert result.layers[0].facts["ratio"] > 500
+    assert result.checksums.md5 == hashlib.md5(raw.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_data_bomb_is_stopped_by_max_ratio_after_the_grace(csettings, workdir, tmp_path, kind):
+    # 32 MiB of 0x01 bytes: as compressible as zeros, but data, written to disk.
+    path = ci.write(tmp_path / "bomb", fill_stream(kind, 32 * MiB, 1))
     strict = with_options(csettings, ratio_grace="2MiB")
-    detail = assert_rejected(audit(strict, ci.write(tmp_path / "bomb", data)), "compression.ratio", workdir)
-    if kind == "xz":
-        assert detail.startswith("xz: the index declares 33554432 bytes")  # before decompressing anything
-    else:  # counted: stopped a little past the grace, long before 32 MiB
-        produced = int(detail.split(": ", 1)[1].split(" ", 1)[0])
-        assert 2 * MiB < produced <= 2 * MiB + 8 * MiB
+    detail = assert_rejected(audit(strict, path), "compression.ratio", workdir)
+    assert " data bytes from " in detail and "max_ratio 100.0" in detail
+    assert 2 * MiB < produced(detail) <= 2 * MiB + 10 * MiB  # a little past the grace, long before 32 MiB
+    ratio = float(detail.split("ratio ")[1].split(":1")[0])
+    assert ratio > 100 and detail.split("ratio ")[1].split(":1")[0].count(".") == 1
     # Under the grace the same stream is a small, fine image.
-    assert_accepted(audit(with_options(csettings, ratio_grace="64MiB"), tmp_path / "bomb"), workdir)
+    assert_accepted(audit(csettings, path), workdir)
+
+
+@pytest.mark.parametrize("kind", ["bzip2", "zstd"])
+def test_a_zero_bomb_is_stopped_by_the_sparse_ratio(csettings, workdir, tmp_path, kind):
+    # Zero runs in bzip2 (about 1.3 million to one) and zstd (32768:1) are past max_sparse_ratio.
+    path = ci.write(tmp_path / "zeros", fill_stream(kind, 64 * MiB, 0))
+    strict = with_options(csettings, sparse_grace="4MiB")
+    detail = assert_rejected(audit(strict, path), "compression.ratio", workdir)
+    assert "zeros included" in detail and "max_sparse_ratio 30000.0" in detail
+    assert 4 * MiB < produced(detail) <= 4 * MiB + 10 * MiB
+    assert_accepted(audit(with_options(csettings, sparse_grace="4MiB", max_sparse_ratio=2_000_000), path), workdir)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz"])
+def test_zero_runs_of_gzip_and_xz_are_held_to_max_image_size(csettings, workdir, tmp_path, kind):
+    # gzip (1032:1) and xz (about 7000:1) zero runs never reach max_sparse_ratio: like a fresh
+    # disk, they are accepted up to max_image_size, then counted (gzip) or declared (xz) over it.
+    path = ci.write(tmp_path / "zeros", fill_stream(kind, 64 * MiB, 0) + fill_stream(kind, 4096, 0))
+    small = with_options(csettings, sparse_grace="1MiB", ratio_grace="1MiB")
+    result = audit(small, path)
+    assert_accepted(result, workdir)
+    assert result.layers[0].facts["ratio"] > 1000
+    detail = assert_rejected(audit(small.replace(max_image_size=16 * MiB), path), "compression.too_large", workdir)
+    assert detail.startswith("xz: the index declares" if kind == "xz" else "gzip: the output passed the limit")
 
 
 def test_the_ratio_counts_the_whole_upload_for_nested_streams(csettings, workdir, tmp_path):
     # Each layer alone expands less than 40:1 past the grace; together they expand much more.
-    zeros = bytes(24 * MiB)
-    data = ci.compress("gzip", ci.gzip_zeros(len(zeros), level=1))
+    data = ci.compress("gzip", ci.gzip_zeros(24 * MiB, level=1, fill=1))
     path = ci.write(tmp_path / "nested", data)
     strict = with_options(csettings, ratio_grace="1MiB", max_ratio=300)
     detail = assert_rejected(audit(strict, path), "compression.ratio", workdir)
@@ -231,6 +281,8 @@ def test_the_ratio_counts_the_whole_upload_for_nested_streams(csettings, workdir
 def test_output_over_max_image_size_is_rejected(csettings, workdir, tmp_path, kind):
     raw = ci.disk_like(6 * MiB, density=0.5)
     data = ci.zstd_stream(raw) if kind == "zstd" else ci.compress(kind, raw)
+    if kind == "gzip":  # a small last member: its ISIZE says too little to reject early
+        data += ci.compress("gzip", b"end")
     result = audit(csettings.replace(max_image_size=4 * MiB), ci.write(tmp_path / "big", data))
     detail = assert_rejected(result, "compression.too_large", workdir)
     assert detail.startswith(f"{kind}: the output passed the limit after ")
@@ -238,6 +290,18 @@ def test_output_over_max_image_size_is_rejected(csettings, workdir, tmp_path, ki
 
 
 # -- declared sizes: rejected before decompressing ------------------------------------------
+
+
+def test_the_last_gzip_isize_is_a_lower_bound_checked_first(csettings, workdir, tmp_path):
+    raw = ci.disk_like(6 * MiB, density=0.5)
+    path = ci.write(tmp_path / "one.gz", ci.compress("gzip", raw))
+    result = audit(csettings.replace(max_image_size=4 * MiB), path)
+    detail = assert_rejected(result, "compression.too_large", workdir)
+    assert detail == f"gzip: the last gzip trailer (ISIZE, a lower bound) declares {6 * MiB} bytes, limit {4 * MiB}"
+    assert "uncompressed_size" not in result.layers[0].facts  # nothing was decoded
+    # Zero padding after the trailer only makes the bound smaller: the same disk padded is accepted.
+    padded = ci.write(tmp_path / "padded.gz", ci.compress("gzip", raw) + bytes(3))
+    assert_accepted(audit(csettings.replace(max_image_size=8 * MiB), padded), workdir)
 
 
 def test_a_zstd_header_declaring_too_much_is_rejected_unread(csettings, workdir, tmp_path):
@@ -367,6 +431,36 @@ def test_the_name_stored_in_a_gzip_header_is_never_used(csettings, workdir, tmp_
     assert result.checksums.md5 == hashlib.md5(raw).hexdigest()
     assert not list(tmp_path.parent.rglob("escaped.raw"))
     assert "escaped" not in repr(result.to_dict())
+
+
+@pytest.mark.parametrize("field", ["name", "comment", "extra"])
+def test_a_gzip_header_of_megabytes_is_flagged(csettings, workdir, tmp_path, field):
+    raw = ci.disk_like(MiB)
+    big = {"name": b"n" * (2 * MiB), "comment": b"c" * (2 * MiB), "extra": b"AB" + (65531).to_bytes(2, "little")
+           + b"x" * 65531}[field]
+    data = ci.gzip_with_header(raw, **{field: big})
+    if field == "extra":  # one FEXTRA is at most 64 KiB: flagged only under a smaller limit
+        assert_accepted(result := audit(csettings, ci.write(tmp_path / "h.gz", data)), workdir)
+        assert "compression.gzip_header" not in codes(result)
+        csettings = with_options(csettings, max_gzip_header="32KiB")
+    data = data + ci.compress("gzip", b"tail")  # a second, ordinary member: flagged once
+    result = audit(csettings, ci.write(tmp_path / "h.gz", data))
+    assert_accepted(result, workdir)  # a warning: every reader skips the header, the disk is the same
+    assert result.checksums.md5 == hashlib.md5(raw + b"tail").hexdigest()
+    flagged = [f for f in result.findings if f.code == "compression.gzip_header"]
+    assert len(flagged) == 1 and flagged[0].severity.value == "warning"
+    assert flagged[0].detail.startswith("gzip: member 1 at offset 0 has a header over")
+    assert b"n" * 16 not in repr(result.to_dict()).encode()
+
+
+def test_the_gzip_header_is_measured_exactly_at_any_read_size():
+    header = ci.gzip_with_header(b"x", extra=b"AB\x02\x00hi", name=b"disk.raw", comment=b"made here")
+    length = 10 + 2 + 6 + 9 + 10
+    for chunk in (1, 17, 512, 64 << 10):
+        def peek(size: int, chunk: int = chunk) -> bytes:  # a reader handing out at most what it has buffered
+            return header[:min(size, -(-size // chunk) * chunk)]
+        assert header_size(peek, 1 << 10) == length
+        assert header_size(peek, length) == length and header_size(peek, length - 1) is None
 
 
 def test_the_options_are_checked_when_the_pipeline_is_built(csettings):

@@ -347,7 +347,8 @@ def _backing_file(tmp_path: Path) -> Path:
 
 
 def _gzip_bomb(tmp_path: Path) -> Path:
-    return ci.write(tmp_path / "bomb.raw.gz", ci.gzip_zeros(256 * MiB))  # about 250 KiB expanding 1000:1
+    # 0x01 bytes, not zeros: a zero run is a fresh empty disk, held to max_image_size; data is held to max_ratio
+    return ci.write(tmp_path / "bomb.raw.gz", ci.gzip_zeros(256 * MiB, fill=1))  # about 250 KiB expanding 1000:1
 
 
 def _ntfs_disk(tmp_path: Path) -> Path:

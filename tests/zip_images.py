@@ -142,3 +142,33 @@ def single_entry_zip(name: bytes, packed: bytes, crc: int, usize: int) -> bytes:
                              len(name), 0, 0, 0, 0, 0, 0) + name
     body = header + packed
     return body + directory + END.pack(b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
+
+
+def patch_local(data: bytes, offset: int, value: bytes) -> bytes:
+    """``data`` with ``value`` written at ``offset`` of the first local header (only there)."""
+    return data[:offset] + value + data[offset + len(value):]
+
+
+def zip64_local_sizes(data: bytes) -> tuple[int, int]:
+    """Where the first local header's zip64 extra field keeps its (uncompressed, compressed) sizes."""
+    _sig, _v, _f, _m, _t, _d, _crc, csize, usize, name_length, _e = LOCAL.unpack_from(data, 0)
+    assert (csize, usize) == (0xFFFFFFFF, 0xFFFFFFFF)
+    at = LOCAL.size + name_length
+    assert struct.unpack_from("<H", data, at)[0] == 1  # the zip64 extra field comes first
+    return at + 4, at + 12
+
+
+def with_gap_before_directory(data: bytes, gap: bytes) -> bytes:
+    """``gap`` inserted before the central directory, the end record moved to match."""
+    cd_offset, cd_size, count = _directory(data)
+    end = END.pack(b"PK\x05\x06", 0, 0, count, count, cd_size, cd_offset + len(gap), 0)
+    return data[:cd_offset] + gap + data[cd_offset:cd_offset + cd_size] + end
+
+
+def descriptor_at(data: bytes) -> tuple[int, int]:
+    """Where the signed data descriptor of a one-entry streamed zip starts, and its size fields' width."""
+    cd_offset, _size, _count = _directory(data)
+    for width in (8, 4):
+        if data[cd_offset - 8 - 2 * width:cd_offset - 4 - 2 * width] == b"PK\x07\x08":
+            return cd_offset - 8 - 2 * width, width
+    raise AssertionError("no data descriptor")
