@@ -21,6 +21,7 @@ import re
 import struct
 from collections.abc import Callable
 
+from . import _vmdk_descriptor as vmdk_descriptor
 from . import qcow2, qed, vhdx, vmdk
 from ._detector import looks_like
 
@@ -37,7 +38,10 @@ VHD_DIFFERENCING = 4
 #: qemu's VMDK probe: comment lines, then ``version=1``, ``2`` or ``3`` (a descriptor file).
 _VMDK_TEXT = re.compile(rb"(?:[ \t]*#[^\n]*\n|[ \t]*\r?\n)*[ \t]*version=[123]\r?\n")
 #: VMDK problems that are references to other files, or text that could hide one.
-_VMDK_REFERENCES = (vmdk.PARENT, vmdk.FILE_REFERENCE, vmdk.EXTENT_TYPE, vmdk.DESCRIPTOR_SYNTAX)
+_VMDK_REFERENCES = (vmdk_descriptor.PARENT, vmdk_descriptor.FILE_REFERENCE, vmdk_descriptor.EXTENT_TYPE,
+                    vmdk_descriptor.DESCRIPTOR_SYNTAX)
+#: The first line of a descriptor file: VMware reads the text as one whatever its length.
+VMDK_DESCRIPTOR_MARK = b"# Disk DescriptorFile"
 #: Formats flagged when nested; LUKS is not (an encrypted partition is ordinary).
 FORMATS = ("qcow2", "qed", "vmdk", "vhdx", "vhd", "vdi")
 #: Bytes qemu's format probes look at (its BLOCK_PROBE_BUF_SIZE): a descriptor file's version line must be
@@ -54,8 +58,8 @@ def _quote(name: bytes) -> str:
 
 def sniff(head: bytes) -> str | None:
     """The disk format whose header starts ``head`` (:data:`PROBE_BYTES`), or None (LUKS counts as None)."""
-    if head.startswith(b"COWD") or _VMDK_TEXT.match(head):
-        return "vmdk"  # VMware 3 sparse, or a descriptor file as qemu probes one
+    if head.startswith((b"COWD", VMDK_DESCRIPTOR_MARK)) or _VMDK_TEXT.match(head):
+        return "vmdk"  # VMware 3 sparse, a descriptor file as qemu probes one, or one VMware reads at any length
     found = looks_like(head)
     if found in FORMATS:
         return found
@@ -141,10 +145,10 @@ def _vmdk(at: _Span) -> list[str]:
         return []  # VMware 3 sparse: no descriptor, no parent qemu follows
     if not head.startswith(vmdk.MAGIC):
         text = at(0, vmdk.DESCRIPTOR_ONLY_PEEK).split(b"\0", 1)[0]
-        return [f"VMDK descriptor file, its data in other files: {vmdk.describe_descriptor_file(text)}"]
+        return [f"VMDK descriptor file, its data in other files: {vmdk_descriptor.describe_descriptor_file(text)}"]
     try:
         header = vmdk.SparseHeader.parse(head)
-    except vmdk.Problem:
+    except vmdk_descriptor.Problem:
         return []
     found = []
     # qemu looks for parentFileNameHint at sector 1 whatever the header says, and opens the extents of
@@ -166,10 +170,12 @@ def _vmdk_descriptor(text: bytes, header: vmdk.SparseHeader) -> list[str]:
     if b"parentfilenamehint" in text.lower():
         return ["parentFileNameHint"]
     try:
-        descriptor = vmdk.parse_descriptor(text)
-    except vmdk.Problem as problem:
+        descriptor = vmdk_descriptor.parse_descriptor(text)
+    except vmdk_descriptor.Problem as problem:
         return [f"unreadable ({problem.detail})"]
-    found = [detail for code, detail in vmdk.check_descriptor(descriptor, header) if code in _VMDK_REFERENCES]
+    found = [detail for code, detail in vmdk_descriptor.check_descriptor(
+        descriptor, header.capacity, header.compress_algorithm == vmdk.COMPRESS_DEFLATE,
+        header.gd_offset == vmdk.GD_AT_END) if code in _VMDK_REFERENCES]
     if len(descriptor.extents) > 1:
         found.append(f"{len(descriptor.extents)} extents")
     elif descriptor.extents and header.capacity == 0:

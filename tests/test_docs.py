@@ -446,3 +446,13 @@ def test_finding_lines_in_the_docs_name_real_codes_and_their_plugins() -> None:
             seen += 1
             assert declared.get(code) == plugin, f"{path.name}: {code} is not declared by {plugin}"
     assert seen >= 2
+
+
+def test_readers_page_states_the_rule_for_every_plugin_that_parses(html: Path) -> None:
+    """Issue 11: the union-or-reject principle is written down, with the rule each parsing plugin follows."""
+    text = visible(page(html, "readers"))
+    assert "either sees the union of what they all see, or rejects" in text
+    for plugin in ("disk_format", "content_type", "compression", "zip", "ova", "qcow2", "qemu_img", "vmdk",
+                   "nested_headers", "os_type"):
+        assert f"({plugin}" in text or f", {plugin})" in text, plugin
+    assert "Readers that disagree" in visible(page(html, "index"))
