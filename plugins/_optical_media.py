@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
+
+from ._filesystems import Prober, _u16, _u32
 
 #: Filesystems whose trees are searched.
 OPTICAL = frozenset({"iso9660", "udf"})
@@ -39,18 +41,8 @@ MAX_UDF_DESCRIPTORS = 64
 JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
 
 
-class MediaReader(Protocol):
-    def read(self, offset: int, size: int) -> bytes: ...
-
-    def problem(self, code: str, detail: str) -> None: ...
-
-
-def _u16(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset : offset + 2], "little") if len(data) >= offset + 2 else 0
-
-
-def _u32(data: bytes, offset: int) -> int:
-    return int.from_bytes(data[offset : offset + 4], "little") if len(data) >= offset + 4 else 0
+#: What the media readers need of the layout reader: the filesystem prober's protocol.
+MediaReader = Prober
 
 
 #: A directory's entries: each a set of names (lower case) and the handle of the entry's own directory.
