@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import vmdk
+from importhooks_plugins.formats import vmdk
 
 from importhooks import Verdict
 

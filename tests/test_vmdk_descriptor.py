@@ -1,4 +1,4 @@
-"""The vmdk plugin's embedded-descriptor rules on real images (plugins/_vmdk_descriptor.py).
+"""The vmdk plugin's embedded-descriptor rules on real images (plugins/formats/_vmdk_descriptor.py).
 
 qemu-img makes the images, vmdk_images rewrites their descriptor in place. Every
 hostile case asserts its own finding code and a reject; every benign one that
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import _vmdk_descriptor as vd
+from importhooks_plugins.formats import _vmdk_descriptor as vd
 
 from importhooks import Verdict
 
