@@ -16,7 +16,7 @@ from importhooks_plugins.formats import luks as plugin
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Severity, Verdict
 
-from .helpers import Copy, audit, codes, copier, documented_options, patch, rejected_with, truncate, unpack_at
+from .helpers import Copy, audit, codes, copier, patch, rejected_with, truncate, unpack_at
 from .images import qemu_img_luks
 
 MIB = 1 << 20
@@ -230,12 +230,3 @@ def test_random_header_damage_never_crashes(settings, copy):
         assert "pipeline.plugin_failed" not in codes(result), result.findings
         seen.update(luks_codes(result))
     assert "luks.key_slot" in seen and len(seen - {"luks.contents_unchecked"}) >= 3  # the damage was seen
-
-
-def test_documented_options_are_the_defaults(settings):
-    section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"formats/{section}.rst")
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
-    defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
-    assert pipeline.options[section] == defaults
-    assert set(documented["plugin"][section]) == set(defaults)

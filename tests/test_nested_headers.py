@@ -16,13 +16,13 @@ import pytest
 from importhooks_plugins.formats import nested_headers as plugin
 from importhooks_plugins.formats._nested_formats import examine, sniff
 
-from importhooks import Pipeline, Verdict
+from importhooks import Verdict
 from importhooks.settings import PluginSettings
 
 from . import disk_builders as db
 from . import guest_images as gi
 from . import nested_images as ni
-from .helpers import assert_messages_omit, audit, codes, documented_options, rejected_with
+from .helpers import assert_messages_omit, audit, codes, rejected_with
 
 NESTED = ("nested.header", "nested.unsafe", "nested.incomplete", "nested.read_failed")
 #: Wrapping formats and their qemu-img names.
@@ -304,15 +304,6 @@ def test_read_budget_fails_closed(settings, tmp_path, wrapper, budget):
     path = disk if wrapper == "raw" else wrap(disk, wrapper)
     assert nested_codes(audit(settings, path)) == []
     rejected_with(nested_options(settings, max_read=budget), path, "nested.incomplete")
-
-
-def test_documented_options_are_the_defaults(settings):
-    section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"formats/{section}.rst")
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
-    defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
-    assert pipeline.options[section] == defaults
-    assert set(documented["plugin"][section]) == set(defaults)
 
 
 def test_codes_are_declared_with_their_severities():

@@ -25,8 +25,6 @@ from importhooks_plugins.containers.ovf import DiskRef, FileRef, OvfDescriptor, 
 from importhooks import ConfigError, Pipeline
 from importhooks.plugins import DEFAULT_PLUGINS
 
-from .helpers import documented_options
-
 NS1 = "http://schemas.dmtf.org/ovf/envelope/1"
 NS2 = "http://schemas.dmtf.org/ovf/envelope/2"
 VMDK_STREAM = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
@@ -547,11 +545,7 @@ def test_declares_every_code_and_no_stage_hooks():
     assert (error.code, error.detail, str(error)) == (ovf.HREF, "detail", "ovf.href: detail")
 
 
-def test_documented_options_are_the_defaults(settings):
-    documented = documented_options("containers/ovf.rst")
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
-    assert pipeline.options["ovf"] == {"max_descriptor_bytes": 1 << 20, "max_files": 64, "max_disks": 16}
-    assert set(documented["plugin"]["ovf"]) == set(pipeline.options["ovf"])
+def test_every_ovf_code_is_documented():
     docs = DOCS.read_text(encoding="utf-8")
     for code in ovf.CODES:
         assert f"``{code.code}``" in docs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import MappingProxyType
 
@@ -11,7 +10,7 @@ import pytest
 from importhooks import Claims, ConfigError, ImportRequest, Pipeline, Requester, Settings, Verdict
 from importhooks.settings import settings_from_mapping
 
-from .helpers import codes, documented_options
+from .helpers import codes
 
 
 def run(settings: Settings, path: Path, roles: tuple[str, ...] = ("member",), **claims: object):
@@ -98,11 +97,3 @@ def test_os_type_policy_lists_the_allowed_values(settings, raw_file):
     assert codes(bad) == ["claims.os_type_not_allowed"] and "linux, windows, freebsd" in bad.user_message
     assert "solaris" not in bad.user_message
     assert run(strict, raw_file, os_type="freebsd").verdict is Verdict.ACCEPT
-
-
-@pytest.mark.parametrize("module", ["os_type", "properties"])
-def test_documented_options_are_the_defaults(module):
-    spec = importlib.import_module(f"importhooks_plugins.{module}").importhooks_plugin_options()
-    documented = documented_options("protected_properties.rst", spec.section)
-    assert set(documented) == {option.name for option in spec.options}
-    assert spec.resolve(documented) == spec.resolve({})

@@ -6,13 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-from importhooks_plugins.formats import qed as plugin
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Verdict
 from importhooks.settings import PluginSettings
 
 from . import images
-from .helpers import Copy, audit, codes, copier, documented_options, patch, rejected_with, truncate, unpack_at
+from .helpers import Copy, audit, codes, copier, patch, rejected_with, truncate, unpack_at
 
 MIB = 1 << 20
 KIB = 1 << 10
@@ -255,12 +254,3 @@ def test_random_header_damage_never_crashes(settings, copy):
         assert "pipeline.plugin_failed" not in codes(result), result.findings
         seen.update(qed_codes(result))
     assert {"qed.header", "qed.features", "qed.l1_table"} <= seen  # the damage was seen, not ignored
-
-
-def test_documented_options_are_the_defaults(settings):
-    section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"formats/{section}.rst")
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
-    defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
-    assert pipeline.options[section] == defaults
-    assert set(documented["plugin"][section]) == set(defaults)

@@ -11,7 +11,7 @@ from importhooks_plugins.formats import vdi as plugin
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
 
 from . import images
-from .helpers import Copy, audit, codes, copier, documented_options, patch, rejected_with, truncate, unpack_at
+from .helpers import Copy, audit, codes, copier, patch, rejected_with, truncate, unpack_at
 
 MIB = 1 << 20
 
@@ -224,12 +224,3 @@ def test_random_header_and_block_map_damage_never_crashes(settings, copy):
         assert "pipeline.plugin_failed" not in codes(result), result.findings
         rejected += result.verdict is Verdict.REJECT
     assert rejected > 20  # the damage was seen, not ignored
-
-
-def test_documented_options_are_the_defaults(settings):
-    section = plugin.importhooks_plugin_options().section
-    documented = documented_options(f"formats/{section}.rst")
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
-    defaults = {o.name: o.default for o in plugin.importhooks_plugin_options().options}
-    assert pipeline.options[section] == defaults
-    assert set(documented["plugin"][section]) == set(defaults)

@@ -13,14 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from importhooks_plugins.containers import zip as zip_plugin
 
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
 from importhooks.result import ImportResult
 
 from . import images
 from . import zip_images as zi
-from .helpers import codes, documented_options
+from .helpers import codes
 
 SECRET = "SECRET-member.raw"  # never in a user message
 METHOD_NAMES = {0: "stored", 8: "deflate", 12: "bzip2", 14: "lzma"}
@@ -233,13 +232,6 @@ def test_unsafe_member_names_are_a_warning_and_never_used(settings, tmp_path):
     assert result.verdict is Verdict.ACCEPT and codes(result) == ["zip.name"]
     assert result.layers[0].facts["disk_member"] == name
     assert not (tmp_path.parent / SECRET).exists() and not (tmp_path / SECRET).exists()
-
-
-def test_documented_options_are_the_defaults(settings):
-    documented = documented_options("containers/zip.rst")["plugin"]
-    pipeline = Pipeline.from_settings(settings.replace(plugin=documented))
-    defaults = {option.name: option.default for option in zip_plugin.OPTIONS.options}
-    assert pipeline.options["zip"] == defaults and set(documented["zip"]) == set(defaults)
 
 
 BASES = [zi.zip_bytes({"disk.raw": zi.disk_bytes(64 << 10, seed=3)}, method) for method in (0, 8)]
