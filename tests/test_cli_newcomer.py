@@ -376,8 +376,11 @@ def test_ctrl_c_exits_130_and_leaves_no_temp_files(tmp_path, workdir, raw_file):
     config = write_config(tmp_path / "slow.toml", workdir, plugins="enabled = ['slow_plugin']")
     marker = tmp_path / "started"
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "SLOW_MARKER": str(marker)}
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: give the CLI the default disposition, as an interactive shell does.
     process = subprocess.Popen([str(SCRIPT), "audit", str(raw_file), "--config", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not marker.exists() and time.monotonic() < deadline:
