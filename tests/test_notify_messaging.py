@@ -30,6 +30,7 @@ from importhooks import (
 from importhooks.request import Claims
 
 from . import images
+from .helpers import documented_options
 from .servers import RabbitMQServer, free_port
 
 
@@ -189,3 +190,11 @@ def test_the_default_pipeline_neither_imports_oslo_messaging_nor_sends(tmp_path:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.split() == ["accept", "False", "False"], done.stderr
+
+
+def test_documented_options_are_the_defaults(settings) -> None:
+    documented = documented_options("notifications.rst", "notify_messaging")
+    pipeline = Pipeline.from_settings(settings.replace(plugin=documented["plugin"]))
+    defaults = {o.name: o.default for o in notify_messaging.OPTIONS.options}
+    assert pipeline.options["notify_messaging"] == defaults
+    assert set(documented["plugin"]["notify_messaging"]) == set(defaults)
