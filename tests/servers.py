@@ -12,6 +12,7 @@ Facts behind the choices (boot times, root, epmd, wrappers): shared/notes/server
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import shutil
@@ -39,6 +40,16 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _dies_with_us(sig: int) -> Any:
+    """A ``preexec_fn``: the child gets ``sig`` when this process dies, even by SIGKILL (a killed test
+    run leaves no server behind). Set after Popen's user switch, which would clear it."""
+
+    def arm() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return arm
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
@@ -159,10 +170,12 @@ class RabbitMQServer:
             # Our own epmd in the foreground: one that beam starts itself daemonises and outlives the node.
             self._epmd = subprocess.Popen(["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          env=self.env(), start_new_session=True)
+                                          env=self.env(), start_new_session=True,
+                                          preexec_fn=_dies_with_us(signal.SIGTERM))
         with open(self.root / "server.out", "ab") as out:
             self._server = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env(), cwd=self.root,
-                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_dies_with_us(signal.SIGTERM))
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -256,7 +269,8 @@ class PostgresServer:
                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         with open(self.root / "postgres.log", "ab") as log:
             self._process = subprocess.Popen(argv, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True, **self._as)
+                                             start_new_session=True, preexec_fn=_dies_with_us(signal.SIGINT),
+                                             **self._as)
         deadline = time.monotonic() + POSTGRES_BOOT_TIMEOUT
         while not self._ready():
             if self._process.poll() is not None or time.monotonic() > deadline:
