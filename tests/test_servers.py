@@ -6,9 +6,10 @@ import socket
 import uuid
 
 import kombu
+import pytest
 import sqlalchemy as sa
 
-from .servers import PostgresServer, RabbitMQServer, ServerDir, _tree
+from .servers import PostgresServer, RabbitMQServer, ServerDir, ServerError, _tree
 
 
 def _listening(port: int) -> bool:
@@ -81,3 +82,20 @@ def test_a_closed_server_leaves_no_process_and_no_directory() -> None:
         where.remove()
     assert not any(_tree(pid) for pid in tree)
     assert not where.path.exists() and not _listening(server.port)
+
+
+def test_a_node_that_cannot_boot_is_an_error_with_its_log_not_a_hang() -> None:
+    """A bad config ends rabbitmq-server with rc 0 before the node is up: that is a failure, and nothing stays."""
+    where = ServerDir("importhooks-rabbitmq-")
+    try:
+        server = RabbitMQServer(where.path, name="broken")
+        (where.path / "rabbitmq.conf").write_text("consumer_timeout = 0\n")  # RabbitMQ refuses a zero timeout
+        try:
+            with pytest.raises(ServerError, match="exited before it was ready") as raised:
+                server.start()
+            assert "consumer_timeout" in str(raised.value)  # the end of its log says why
+            assert not server.running and not _listening(server.port)
+        finally:
+            server.close()
+    finally:
+        where.remove()
