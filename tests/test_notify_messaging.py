@@ -52,6 +52,7 @@ def drain(rabbitmq: RabbitMQServer, queue: str, expected: int | None = None,
     The runs send synchronously, so after them the queue holds them all: without
     ``expected``, read until it is empty.
     """
+    assert notify_messaging.flush(timeout), "notifications still queued"
     received: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     with kombu.Connection(rabbitmq.url, connect_timeout=5) as connection:
@@ -155,14 +156,27 @@ def test_progress_events_come_between_started_and_finished(settings, rabbitmq, t
 
 def test_an_unreachable_bus_neither_fails_nor_holds_up_the_import(settings, tmp_path: Path, caplog) -> None:
     closed = f"rabbit://guest:guest@127.0.0.1:{free_port()}/"  # nothing listens there
-    pipeline = Pipeline.from_settings(on_bus(settings, closed, "nowhere", retry=0))
+    pipeline = Pipeline.from_settings(on_bus(settings, closed, "nowhere", retry=1))
+    request = ImportRequest(images.raw_image(tmp_path / "ok.raw"), Claims(disk_format="raw"))
+    pipeline.notify(Event(EventType.ACCEPTED, request.request_id))  # the first event imports oslo.messaging
     started = time.monotonic()
-    result = pipeline.run(ImportRequest(images.raw_image(tmp_path / "ok.raw"), Claims(disk_format="raw")))
+    result = pipeline.run(request)
     assert result.verdict is Verdict.ACCEPT
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 3  # each send takes about 2 s here: the run did not wait for them
+    assert notify_messaging.flush(60)
     dropped = [r for r in caplog.records if r.name.startswith("oslo_messaging") and "Could not send" in r.getMessage()]
-    assert len(dropped) >= 2  # started and finished were tried, and dropped
+    assert len(dropped) >= 3  # accepted, started and finished were tried, and dropped
     assert all("guest:guest" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_full_queue_drops_notifications_instead_of_growing(settings, tmp_path: Path, caplog) -> None:
+    closed = f"rabbit://guest:guest@127.0.0.1:{free_port()}/"
+    pipeline = Pipeline.from_settings(on_bus(settings, closed, "nowhere", retry=0, max_queued=1))
+    for n in range(20):
+        pipeline.notify(Event(EventType.ACCEPTED, f"request-{n}"))
+    full = [r for r in caplog.records if "notifications wait for the bus" in r.getMessage()]
+    assert full and all("request-" in r.getMessage() for r in full)
+    assert notify_messaging.flush(60)
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
@@ -172,6 +186,7 @@ def test_an_unreachable_bus_neither_fails_nor_holds_up_the_import(settings, tmp_
     ("topics", [], "non-empty list"),
     ("topics", ["a b"], "letters, digits"),
     ("retry", -1, "from 0 to 100"),
+    ("max_queued", 0, "from 1 to 1000000"),
     ("publisher_id", "", "letters, digits"),
 ])
 def test_bad_options_stop_the_pipeline_from_being_built(settings, option, value, message) -> None:

@@ -9,18 +9,22 @@ them too. The payload names the request, its owner and user, a Glance-style
 status, and for ``finished`` the verdict and the finding codes; nothing in it is
 the image's data or any other text a user chose.
 
-A bus that cannot be reached never fails or blocks an import for long: a
-notification is retried ``retry`` times, then dropped and logged by
+Runs never wait for the bus: they queue their events (at most ``max_queued``),
+and one thread per configuration sends them in order. A notification the bus
+does not take is retried ``retry`` times, then dropped and logged by
 oslo.messaging. oslo.messaging is imported on the first event, never when the
 pipeline is built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import queue
 import re
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +64,12 @@ def _retry(raw: object) -> int:
     return raw
 
 
+def _max_queued(raw: object) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 1_000_000:
+        raise ValueError("must be a whole number from 1 to 1000000")
+    return raw
+
+
 def _name(raw: object) -> str:
     if not isinstance(raw, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,255}", raw):
         raise ValueError("must be 1 to 255 letters, digits, '_', '.', ':' or '-'")
@@ -85,8 +95,9 @@ OPTIONS = PluginOptions(SECTION, (
     PluginOption("exchange", "glance", "Exchange the topics live in (oslo.messaging's control_exchange); "
                  "Glance's, where listeners look for image events.", parse=_name),
     PluginOption("retry", 2, "Reconnection attempts for one notification while the bus is unreachable, "
-                 "before it is dropped and logged (0 to 100): a down bus delays an import by seconds, "
-                 "never blocks it.", parse=_retry),
+                 "before it is dropped and logged (0 to 100); imports never wait for them.", parse=_retry),
+    PluginOption("max_queued", 10000, "Most notifications waiting to be sent (while the bus is slow or down); "
+                 "more are dropped and logged.", parse=_max_queued),
 ))
 
 #: A Glance-style status for each event (a task's status words); ``finished`` says success or failure.
@@ -104,7 +115,7 @@ def importhooks_notify(event: Event, context: ImportContext | None) -> None:
     options = context.options(SECTION) if context is not None else (NOTIFY_OPTIONS.get() or {}).get(SECTION, {})
     if not options.get("transport_url"):
         return
-    _notifier(options).info({}, event.type.value, payload(event, context))
+    _bus(options).put(event.type.value, payload(event, context))
 
 
 def payload(event: Event, context: ImportContext | None) -> dict[str, Any]:
@@ -133,7 +144,8 @@ def _safe(text: str | None) -> str | None:
 
 
 class _Bus:
-    """One oslo.messaging transport and notifier, shared by every run with the same options."""
+    """One oslo.messaging transport and notifier, shared by every run with the same options, and the thread
+    that sends through them: runs only queue their events, in order, and never wait for the bus."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         import oslo_messaging  # costs ~1 s and pulls in eventlet: only when notifications are configured
@@ -149,25 +161,69 @@ class _Bus:
         self.notifier = oslo_messaging.Notifier(self.transport, publisher_id=options["publisher_id"],
                                                 driver=options["driver"], topics=list(options["topics"]),
                                                 retry=options["retry"])
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=options["max_queued"])
+        self._thread = threading.Thread(target=self._send_all, name="importhooks-notify-messaging", daemon=True)
+        self._thread.start()
+
+    def put(self, event_type: str, payload: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait((event_type, payload))
+        except queue.Full:
+            self.dropped += 1
+            log.warning("notify_messaging: %d notifications wait for the bus; dropped %s of request %s",
+                        self._queue.maxsize, event_type, payload["request_id"])
+
+    def _send_all(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                # oslo.messaging retries, then drops and logs what it cannot send; this catches the rest.
+                self.notifier.info({}, *item)
+            except Exception:  # a notification never stops the sender
+                log.exception("notify_messaging: could not send %s of request %s", item[0], item[1]["request_id"])
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued notification was sent or dropped; False on timeout."""
+        with self._queue.all_tasks_done:
+            return self._queue.all_tasks_done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
+
+    def close(self, timeout: float) -> None:
+        self.flush(timeout)
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        self.transport.cleanup()
 
 
 _buses: dict[tuple[Any, ...], _Bus] = {}
 _lock = threading.Lock()
+_KEY = ("transport_url", "driver", "topics", "publisher_id", "exchange", "retry", "max_queued")
 
 
-def _notifier(options: Mapping[str, Any]) -> Any:
-    key = tuple(options[name] for name in ("transport_url", "driver", "topics", "publisher_id", "exchange", "retry"))
+def _bus(options: Mapping[str, Any]) -> _Bus:
+    key = tuple(options[name] for name in _KEY)
     with _lock:
         bus = _buses.get(key)
         if bus is None:
             bus = _buses[key] = _Bus(options)
-        return bus.notifier
+        return bus
 
 
-def close() -> None:
-    """Close every transport this process opened (tests, a service's shutdown)."""
+def flush(timeout: float = 30.0) -> bool:
+    """Wait until every notification queued so far was sent or dropped; False if ``timeout`` ran out."""
+    with _lock:
+        buses = list(_buses.values())
+    deadline = time.monotonic() + timeout
+    return all(bus.flush(max(0.0, deadline - time.monotonic())) for bus in buses)
+
+
+def close(timeout: float = 30.0) -> None:
+    """Send what is queued (up to ``timeout``), then close every transport (a service's shutdown, tests)."""
     with _lock:
         buses = list(_buses.values())
         _buses.clear()
     for bus in buses:
-        bus.transport.cleanup()
+        bus.close(timeout)
