@@ -29,6 +29,9 @@ from importhooks import (
     hookimpl,
 )
 from importhooks.request import Claims
+from importhooks.server.runner import ImportJob, ImportOutcome, ImportRunner
+from importhooks.server.staging import StagingArea
+from importhooks.server.status import ImageStatus
 
 from . import images
 from .helpers import documented_options
@@ -177,6 +180,42 @@ def test_a_full_queue_drops_notifications_instead_of_growing(settings, tmp_path:
     full = [r for r in caplog.records if "notifications wait for the bus" in r.getMessage()]
     assert full and all("request-" in r.getMessage() for r in full)
     assert notify_messaging.flush(60)
+
+
+def test_the_runner_s_concurrent_imports_arrive_in_order_per_image(settings, rabbitmq, tmp_path: Path) -> None:
+    """The server kit's runner: accepted from submit, the run's events from its worker threads, 8 imports at once."""
+    topic = f"test-{uuid.uuid4()}"
+    pipeline = Pipeline.from_settings(on_bus(settings, rabbitmq.transport_url, topic))
+    staging = StagingArea(tmp_path / "staging", settings)
+    stored: list[str] = []
+    outcomes: dict[str, ImportOutcome] = {}
+    runner = ImportRunner(pipeline, staging, store=lambda job, path: stored.append(job.image_id),
+                          finish=lambda job, outcome: outcomes.__setitem__(job.image_id, outcome),
+                          max_concurrent=4, max_per_project=2)
+    sources = {"benign": images.raw_image(tmp_path / "ok.raw"),
+               "hostile": images.qcow2_with_backing_file(tmp_path / "evil.qcow2")}
+    expected: dict[str, tuple[str, str]] = {}
+    try:
+        for n in range(8):
+            kind, project = ("benign", "hostile")[n % 2], f"project-{n % 3}"
+            image_id = str(uuid.uuid4())
+            staging.receive_sync(image_id, iter([sources[kind].read_bytes()]))
+            # The image id as the request id: the notifications then name Glance's image.
+            runner.submit(ImportJob.claim(staging, image_id, Claims(), Requester("u", project), request_id=image_id))
+            expected[image_id] = ("success" if kind == "benign" else "failure", project)
+        assert runner.wait_idle(120)
+    finally:
+        runner.shutdown()
+    assert {i for i, o in outcomes.items() if o.status is ImageStatus.ACTIVE} == set(stored)
+    grouped = by_request(drain(rabbitmq, f"{topic}.info"))
+    assert set(grouped) == set(expected)
+    for image_id, (status, project) in expected.items():
+        types = [n["event_type"] for n in grouped[image_id]]
+        assert types[:2] == ["image.import.accepted", "image.import.started"], types
+        assert types[-1] == "image.import.finished" and set(types[2:-1]) <= {"image.import.progress"}, types
+        finished = grouped[image_id][-1]["payload"]
+        assert (finished["status"], finished["owner"]) == (status, project)
+        assert (finished["verdict"] == "accept") == (image_id in stored)
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
