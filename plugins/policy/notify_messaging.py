@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from importhooks import Event, EventType, ImportContext, PluginOption, PluginOptions, hookimpl
 from importhooks.pipeline import NOTIFY_OPTIONS
 
-log = logging.getLogger("importhooks.notify")
+log = logging.getLogger("importhooks.notify_messaging")  # not importhooks.notify: notify_log writes JSON lines there
 
 SECTION = "notify_messaging"
 DRIVERS = ("messagingv2", "messaging", "log", "noop")
