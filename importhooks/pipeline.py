@@ -10,13 +10,14 @@ always removed.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,11 @@ from .settings import PluginOptions, Settings
 log = logging.getLogger("importhooks.pipeline")
 
 _PROGRESS_INTERVAL = 1.0
+
+#: The resolved ``[plugin.SECTION]`` options of the pipeline whose :meth:`Pipeline.notify` is sending an
+#: event: a notifier reads its options here when the event comes without a run context (``accepted``).
+NOTIFY_OPTIONS: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None] = contextvars.ContextVar(
+    "importhooks_notify_options", default=None)
 
 
 class RunControl:
@@ -115,7 +121,11 @@ class Pipeline:
 
     def notify(self, event: Event, context: ImportContext | None = None) -> None:
         """Send an event to every ``importhooks_notify`` implementation (e.g. ``accepted`` from a server)."""
-        self.registry.hook.importhooks_notify(event=event, context=context)
+        token = NOTIFY_OPTIONS.set(self.options)
+        try:
+            self.registry.hook.importhooks_notify(event=event, context=context)
+        finally:
+            NOTIFY_OPTIONS.reset(token)
 
     def run(self, request: ImportRequest, *, store: Callable[[Path], None] | None = None) -> ImportResult:
         """Run every stage over ``request`` and return the result. Never raises for bad data.

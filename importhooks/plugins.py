@@ -58,6 +58,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "importhooks_plugins.policy.properties",
     "importhooks_plugins.policy.checksums",
     "importhooks_plugins.policy.notify_log",
+    "importhooks_plugins.policy.notify_messaging",
 )
 ENTRY_POINT_GROUP = "importhooks.plugins"
 

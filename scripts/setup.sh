@@ -44,6 +44,24 @@ if ! venv_ok; then
     fi
 fi
 
+# RabbitMQ and PostgreSQL (issue 16): the tests start throwaway instances of both from Debian's binaries
+# (tests/servers.py: own directories, loopback ports picked free); Debian's own services must never run.
+# Their postinst scripts start (and enable) the services: while they are being installed, a policy-rc.d
+# that denies every start is in place (only if the host has none), and removed when this script exits.
+APT_PACKAGES+=(rabbitmq-server postgresql)
+servers_missing=0
+for package in rabbitmq-server postgresql; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || servers_missing=1
+done
+if ((servers_missing)) && [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    servers_sudo=()
+    [[ "$(id -u)" == 0 ]] || servers_sudo=(sudo)
+    printf '#!/bin/sh\n# written by importhooks scripts/setup.sh during its install: no service starts\nexit 101\n' \
+        | "${servers_sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${servers_sudo[@]}" chmod 755 /usr/sbin/policy-rc.d
+    trap '"${servers_sudo[@]}" rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed'; then

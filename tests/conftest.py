@@ -8,6 +8,7 @@ from importhooks import Settings
 from importhooks.settings import PluginSettings
 
 from . import images
+from .conftest_servers import postgres, postgres_server, rabbitmq, rabbitmq_server  # noqa: F401
 
 
 @pytest.fixture
