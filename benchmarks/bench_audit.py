@@ -31,7 +31,7 @@ baseline is a fresh Python that imports oslo.utils and runs
 makes. **Target: ratio <= 1.5 (goal 1.0).** The same audit of a 1 GiB qcow2 (same
 writes, scaled) must take the same time within 20 %: nothing may cost in proportion
 to the virtual size. To show where the time goes it also times, in the same
-interleaving: ``python -c pass``, importing ``importhooks.cli`` and building the
+interleaving: ``python -c pass``, importing ``importhooks.cli.main`` and building the
 default pipeline (every built-in plugin registered; their heavy dependencies load
 on first use), importing oslo.utils' format inspector alone, ``qemu-img info``
 alone, and ``qemu-img info`` through ``python -m oslo_concurrency.prlimit`` (how
@@ -90,7 +90,7 @@ ORACLE = (
     "print(inspector, inspector.virtual_size)\n"
 )
 IMPORT_ALL = (
-    "import importhooks.cli\n"
+    "import importhooks.cli.main\n"
     "from importhooks import Pipeline, load_settings\n"
     "Pipeline.from_settings(load_settings())\n"
 )
@@ -263,7 +263,7 @@ def bench_qcow2(root: Path, runs: int) -> dict[str, Any]:
                           [str(IMPORTHOOKS), "audit", "--format", "json", str(small)])
     oslo = Variant("baseline: python + oslo detect + safety_check", [str(PYTHON), "-c", ORACLE, str(big)])
     startup = Variant("python -c pass", [str(PYTHON), "-c", "pass"])
-    imports = Variant("python: import importhooks.cli, build the pipeline", [str(PYTHON), "-c", IMPORT_ALL])
+    imports = Variant("python: import importhooks.cli.main, build the pipeline", [str(PYTHON), "-c", IMPORT_ALL])
     oslo_import = Variant("python: import oslo format_inspector alone", [str(PYTHON), "-c", IMPORT_ORACLE])
     qemu = Variant("qemu-img info -f qcow2 (alone)",
                    ["qemu-img", "info", "--output=json", "--force-share", "-f", "qcow2", "--", str(big)])
@@ -295,7 +295,7 @@ def bench_qcow2(root: Path, runs: int) -> dict[str, Any]:
 def import_times(path: Path, top: int = 15) -> list[tuple[int, int, str]]:
     """``python -X importtime`` of the audit: the ``top`` imports by cumulative microseconds."""
     code = f"import sys; sys.argv = ['importhooks', 'audit', '--format', 'json', {str(path)!r}]; " \
-           "from importhooks.cli import main; main()"
+           "from importhooks.cli.main import main; main()"
     done = subprocess.run([str(PYTHON), "-X", "importtime", "-c", code], capture_output=True, check=False,
                           env=CHILD_ENV)
     rows: list[tuple[int, int, str]] = []

@@ -94,8 +94,8 @@ def serve(directory: Path, max_bytes: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
+    from importhooks.server.staging import StagingArea
     from importhooks.settings import Settings
-    from importhooks.staging import StagingArea
 
     area = StagingArea(directory, Settings(max_upload_bytes=max_bytes, max_upload_time=MAX_UPLOAD_TIME))
 

@@ -57,7 +57,7 @@ from importhooks import Claims, ImportRequest, Pipeline, Settings, Verdict, hook
 from importhooks.settings import PluginSettings
 
 TARGET_RATIO = 2.0
-READ_SIZE = 1 << 20  # the plugin's read size (importhooks_plugins.tar_reader.BLOCK_SIZE)
+READ_SIZE = 1 << 20  # the plugin's read size (importhooks_plugins.containers.tar_reader.BLOCK_SIZE)
 DISK = bytes(4096)
 DESCRIPTOR = b"""<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from importhooks import codes as framework_codes
-from importhooks.discovery import import_info, import_schema
+from importhooks.server.discovery import import_info, import_schema
 from importhooks.findings import FindingCode
 from importhooks.plugins import DEFAULT_PLUGINS, PluginRegistry, build_registry, toml_value
 from importhooks.settings import STAGES, PluginOption, PluginSettings, Settings, iter_setting_docs

@@ -5,9 +5,9 @@ here::
 
     from importhooks import hookimpl, FindingCode, ImportContext
 
-The server kit (:mod:`importhooks.staging`, :mod:`importhooks.runner`,
-:mod:`importhooks.validation`, :mod:`importhooks.status`,
-:mod:`importhooks.discovery`) is imported from its modules. Importing this package
+The server kit (:mod:`importhooks.server.staging`, :mod:`importhooks.server.runner`,
+:mod:`importhooks.server.validation`, :mod:`importhooks.server.status`,
+:mod:`importhooks.server.discovery`) is imported from its modules. Importing this package
 creates no plugin manager, reads no configuration and loads no plugin.
 """
 

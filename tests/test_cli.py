@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from importhooks import ImportRequest, Pipeline, load_settings
-from importhooks.cli import ProgressBar, main
-from importhooks.discovery import import_info, import_schema
-from importhooks.report import escape
+from importhooks.cli.main import ProgressBar, main
+from importhooks.cli.report import escape
+from importhooks.server.discovery import import_info, import_schema
 
 from . import images
 
@@ -364,8 +364,8 @@ def test_plugins_lists_sources_state_and_hook_order(capsys, monkeypatch, tmp_pat
                           plugins="enabled = ['cli_site_check']\ndisabled = ['checksums']")
     status, out, _err = run_cli(capsys, "plugins", "--config", config)
     assert status == 0
-    assert "  claims: builtin, module importhooks_plugins.claims, enabled" in out
-    assert "  checksums: builtin, module importhooks_plugins.checksums, disabled" in out
+    assert "  claims: builtin, module importhooks_plugins.policy.claims, enabled" in out
+    assert "  checksums: builtin, module importhooks_plugins.policy.checksums, disabled" in out
     assert "  cli_site_check: config, module cli_site_check, enabled" in out
     registry = Pipeline.from_settings(load_settings(config)).registry
     hooks = out.split("hook call order:\n")[1]

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins._gzip import header_size
-from importhooks_plugins._streaming import SparseWriter
+from importhooks_plugins.containers._gzip import header_size
+from importhooks_plugins.containers._streaming import SparseWriter
 
 from importhooks import Claims, ConfigError, ImportRequest, Pipeline, Settings, Verdict
 from importhooks.settings import PluginSettings

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import conversion
+from importhooks_plugins.containers import conversion
 
 from importhooks import Claims, ConfigError, ImportRequest, Pipeline, Verdict
 from importhooks.plugins import DEFAULT_PLUGINS
@@ -35,7 +35,7 @@ ALL_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso")
 def pipeline(settings, extra=(), **options) -> Pipeline:
     settings = settings.replace(plugins=PluginSettings(entry_points=False),
                                 plugin={"conversion": options} if options else {})
-    if "importhooks_plugins.conversion" not in DEFAULT_PLUGINS:
+    if "importhooks_plugins.containers.conversion" not in DEFAULT_PLUGINS:
         extra = [("conversion", conversion), *extra]
     return Pipeline.from_settings(settings, extra_plugins=extra)
 
@@ -188,13 +188,13 @@ def test_iso_is_kept_with_a_note(settings, tmp_path):
 
 
 def test_unpacked_disk_is_converted_but_never_the_compressed_stream(settings, workdir, tmp_path):
-    compression = pytest.importorskip("importhooks_plugins.compression")
+    compression = pytest.importorskip("importhooks_plugins.containers.compression")
     recorder, log = recording_qemu_img(tmp_path)
     qcow2 = images.qcow2_image(tmp_path / "disk.qcow2", "8M")
     packed = tmp_path / "disk.qcow2.gz"
     packed.write_bytes(gzip.compress(qcow2.read_bytes()))
     allowed = settings.replace(container_formats=("bare", "compressed"))
-    extra = [] if "importhooks_plugins.compression" in DEFAULT_PLUGINS else [("compression", compression)]
+    extra = [] if "importhooks_plugins.containers.compression" in DEFAULT_PLUGINS else [("compression", compression)]
     result = pipeline(allowed, extra, convert_to="raw", binary=str(recorder)).run(
         ImportRequest(path=packed, claims=Claims(container_format="compressed")))
     assert result.verdict is Verdict.ACCEPT, result.findings

@@ -4,7 +4,7 @@ Every test builds its images with qemu-img, sfdisk, sgdisk, mkfs.* or xorriso (s
 :mod:`tests.disk_builders`), runs ``Pipeline.from_settings(settings).run(...)`` with
 every built-in plugin, and checks the verdict, the findings and the facts the
 ``disk_format`` plugin recorded. Tests whose docstring starts with "Was ..." are
-regressions of bugs found here in ``plugins/disk_format.py`` and since fixed.
+regressions of bugs found here in ``plugins/formats/disk_format.py`` and since fixed.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from importhooks import Settings, load_settings
-from importhooks.discovery import create_headers, import_info, import_schema
+from importhooks.server.discovery import create_headers, import_info, import_schema
 
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
     "array": list, "integer": int, "number": (int, float), "boolean": bool, "string": str,

@@ -25,8 +25,8 @@ from importhooks import codes, hookspecs
 from importhooks.errors import BadRequest
 from importhooks.pipeline import Pipeline
 from importhooks.plugins import DEFAULT_PLUGINS, build_registry
+from importhooks.server.staging import image_key
 from importhooks.settings import STAGES, PluginSettings, Settings, iter_setting_docs, settings_from_mapping
-from importhooks.staging import image_key
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -314,9 +314,9 @@ def _markdown_python(path: Path) -> list[str]:
 
 def _importhooks_names() -> tuple[set[str], dict[str, set[str]]]:
     """Public names of importhooks' modules, and each module's own public names."""
-    modules = {name: importlib.import_module(f"importhooks.{name}") for name in (
-        "context", "data", "discovery", "errors", "events", "findings", "killswitch", "pipeline", "request",
-        "result", "runner", "settings", "staging", "status", "validation")}
+    modules = {name.rsplit(".", 1)[-1]: importlib.import_module(f"importhooks.{name}") for name in (
+        "context", "data", "errors", "events", "findings", "killswitch", "pipeline", "request", "result",
+        "settings", "server.discovery", "server.runner", "server.staging", "server.status", "server.validation")}
     names = {attr for module in modules.values() for attr in vars(module) if not attr.startswith("_")
              and getattr(getattr(module, attr), "__module__", "").startswith("importhooks")}
     return names | set(importhooks.__all__), {name: set(vars(module)) for name, module in modules.items()}
@@ -362,7 +362,8 @@ def test_snippet_check_finds_a_missing_import() -> None:
     assert _unbound_importhooks_names("pipeline = Pipeline.from_settings(load_settings())\n") == {
         "Pipeline", "load_settings"}
     assert _unbound_importhooks_names("status.check(Call.STAGE, image.status)\n") == {"status", "Call"}
-    assert _unbound_importhooks_names("from importhooks import status\nfrom importhooks.status import Call\n"
+    assert _unbound_importhooks_names("from importhooks.server import status\n"
+                                      "from importhooks.server.status import Call\n"
                                       "status.check(Call.STAGE, image.status)\n") == set()
 
 

@@ -1,4 +1,4 @@
-"""plugins/_guest_layout.py: partition tables and filesystem signatures of real guest disks, and hostile edits.
+"""plugins/guest/_guest_layout.py: partition tables and filesystem signatures of real guest disks, and hostile edits.
 
 Every disk is made by the real tools (``sfdisk``, ``sgdisk``, ``mkfs.*``, ``mkntfs``, ``mkswap``) and
 read through a plain ``open().seek/read`` callable that fails the test on any read outside the image.
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from importhooks_plugins._filesystems import os_evidence
-from importhooks_plugins._guest_layout import READ_CAP, GuestLayout, read_layout
+from importhooks_plugins.guest._filesystems import os_evidence
+from importhooks_plugins.guest._guest_layout import READ_CAP, GuestLayout, read_layout
 
 from . import disk_builders as db
 from . import guest_images as gi

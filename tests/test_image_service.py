@@ -35,8 +35,8 @@ import openstack.exceptions
 import pytest
 from importhooks_image_service.config import load_config
 
-from importhooks.discovery import import_info, import_schema
-from importhooks.runner import INTERRUPTED
+from importhooks.server.discovery import import_info, import_schema
+from importhooks.server.runner import INTERRUPTED
 from importhooks.settings import settings_from_mapping
 
 from . import compression_images as ci

@@ -8,8 +8,8 @@ import pytest
 
 from importhooks import Settings
 from importhooks.errors import BadRequest, RequestError, StatusConflict, UnsupportedMediaType
-from importhooks.status import Call, ImageStatus, Outcome, after, allowed, check, deletable
-from importhooks.validation import ImportBody, import_claims, parse_import_request
+from importhooks.server.status import Call, ImageStatus, Outcome, after, allowed, check, deletable
+from importhooks.server.validation import ImportBody, import_claims, parse_import_request
 
 S = ImageStatus
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import luks as plugin
+from importhooks_plugins.formats import luks as plugin
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Severity, Verdict
 

@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import nested_headers as plugin
-from importhooks_plugins._nested_formats import examine, sniff
+from importhooks_plugins.formats import nested_headers as plugin
+from importhooks_plugins.formats._nested_formats import examine, sniff
 
 from importhooks import Pipeline, Verdict
 from importhooks.settings import PluginSettings

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from importhooks_plugins._fat_media import MAX_CHAIN
-from importhooks_plugins._filesystems import os_evidence
-from importhooks_plugins._guest_layout import READ_CAP, read_layout
-from importhooks_plugins._optical_media import MAX_DIRECTORIES, MAX_PATH_TABLE
+from importhooks_plugins.guest._fat_media import MAX_CHAIN
+from importhooks_plugins.guest._filesystems import os_evidence
+from importhooks_plugins.guest._guest_layout import READ_CAP, read_layout
+from importhooks_plugins.guest._optical_media import MAX_DIRECTORIES, MAX_PATH_TABLE
 
 from . import disk_builders as db
 from . import guest_images as gi

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins.os_type import BLOCK, _Blocks
+from importhooks_plugins.guest.os_type import BLOCK, _Blocks
 
 from importhooks import Severity, Verdict
 from importhooks.settings import PluginSettings

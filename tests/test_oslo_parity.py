@@ -3,7 +3,7 @@
 oslo.utils' ``oslo_utils/tests/imageutils/test_format_inspector.py`` builds images
 with qemu-img, mkisofs and byte patches and asserts that its inspectors refuse the
 unsafe ones. importhooks is built on those inspectors but replaces some of their
-checks (see ``plugins/disk_format.py``), so this module rebuilds each construction
+checks (see ``plugins/formats/disk_format.py``), so this module rebuilds each construction
 with this project's own builders and runs the whole pipeline on it: importhooks must
 stay at least as strict. Test names follow oslo's test methods so a reviewer can
 pair them. Where importhooks is stricter than oslo on an image oslo passes, the

@@ -1,4 +1,4 @@
-"""The OVF descriptor parser (``importhooks_plugins.ovf``) on real descriptors and on attacks.
+"""The OVF descriptor parser (``importhooks_plugins.containers.ovf``) on real descriptors and on attacks.
 
 Real descriptors in the shapes VMware ovftool, VirtualBox and an OVF 2.0 tool write
 are parsed to the expected dataclasses; XML attacks (billion laughs, quadratic
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins import ovf
-from importhooks_plugins.ovf import DiskRef, FileRef, OvfDescriptor, OvfError, parse_descriptor
+from importhooks_plugins.containers import ovf
+from importhooks_plugins.containers.ovf import DiskRef, FileRef, OvfDescriptor, OvfError, parse_descriptor
 
 from importhooks import ConfigError, Pipeline
 from importhooks.plugins import DEFAULT_PLUGINS
@@ -542,7 +542,7 @@ def test_declares_every_code_and_no_stage_hooks():
         "ovf.capacity", "ovf.no_disk", "ovf.ambiguous"}
     assert not [name for name in dir(ovf) if name.startswith("importhooks_")
                 and name not in ("importhooks_finding_codes", "importhooks_plugin_options")]
-    assert "importhooks_plugins.ovf" in DEFAULT_PLUGINS
+    assert "importhooks_plugins.containers.ovf" in DEFAULT_PLUGINS
     error = OvfError(ovf.HREF, "detail")
     assert (error.code, error.detail, str(error)) == (ovf.HREF, "detail", "ovf.href: detail")
 

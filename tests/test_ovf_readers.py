@@ -9,7 +9,7 @@ descriptor without the ambiguity is accepted.
 from __future__ import annotations
 
 import pytest
-from importhooks_plugins.ovf import OvfError, parse_descriptor
+from importhooks_plugins.containers.ovf import OvfError, parse_descriptor
 
 from importhooks import Verdict
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from importhooks_plugins._filesystems import os_evidence
+from importhooks_plugins.guest._filesystems import os_evidence
 
 from . import disk_builders as db
 from . import guest_images as gi

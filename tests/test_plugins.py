@@ -21,8 +21,8 @@ def test_builtins_register_through_the_same_call_as_site_plugins(settings):
     registry = build_registry(settings)
     names = {name for name, info in registry.infos.items() if info.source == "builtin"}
     assert names == {module.rsplit(".", 1)[1] for module in DEFAULT_PLUGINS}
-    assert registry.infos["claims"].module == "importhooks_plugins.claims"
-    assert registry.plugin_object("claims") is sys.modules["importhooks_plugins.claims"]
+    assert registry.infos["claims"].module == "importhooks_plugins.policy.claims"
+    assert registry.plugin_object("claims") is sys.modules["importhooks_plugins.policy.claims"]
 
 
 def test_site_plugin_named_like_a_builtin_is_an_error(settings):
@@ -134,7 +134,7 @@ def test_bad_plugin_options_name_the_key(table, key):
 
 def test_importing_creates_no_plugin_manager():
     code = (
-        "import gc, pluggy, importhooks, importhooks.cli, importhooks_plugins.claims\n"
+        "import gc, pluggy, importhooks, importhooks.cli.main, importhooks_plugins.policy.claims\n"
         "print(sum(isinstance(o, pluggy.PluginManager) for o in gc.get_objects()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
@@ -203,7 +203,7 @@ def test_building_a_pipeline_loads_no_heavy_dependency(tmp_path):
 def test_zstd_magic_is_zstandards_frame_header():
     """compression.py spells the zstd magic out so that zstandard loads only to decompress."""
     import zstandard
-    from importhooks_plugins import compression
+    from importhooks_plugins.containers import compression
 
     assert compression.MAGIC["zstd"] == zstandard.FRAME_HEADER
 

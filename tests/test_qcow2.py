@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import qcow2 as plugin
+from importhooks_plugins.formats import qcow2 as plugin
 
 from importhooks import Claims, ImportRequest, Pipeline, Severity, Verdict
 

@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import qed as plugin
+from importhooks_plugins.formats import qed as plugin
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Verdict
 from importhooks.settings import PluginSettings

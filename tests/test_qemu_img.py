@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import qemu_img
+from importhooks_plugins.formats import qemu_img
 
 from importhooks import Claims, ConfigError, FindingCode, ImportContext, ImportRequest, Pipeline, Verdict, hookimpl
 from importhooks.plugins import DEFAULT_PLUGINS
@@ -38,7 +38,7 @@ def pipeline(settings, extra=(), keep=KEEP, **options) -> Pipeline:
     disabled = tuple(dict.fromkeys(n for n in names if n not in keep))
     plugins = PluginSettings(entry_points=False, disabled=disabled)
     settings = settings.replace(plugins=plugins, plugin={"qemu_img": options} if options else {})
-    if "importhooks_plugins.qemu_img" not in DEFAULT_PLUGINS:
+    if "importhooks_plugins.formats.qemu_img" not in DEFAULT_PLUGINS:
         extra = [("qemu_img", qemu_img), *extra]
     return Pipeline.from_settings(settings, extra_plugins=extra)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from importhooks_plugins._detector import qemu_probes_vmdk
+from importhooks_plugins.formats._detector import qemu_probes_vmdk
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Settings, Verdict
 

@@ -14,9 +14,9 @@ import pytest
 
 from importhooks import Claims, ImportContext, ImportRequest, KillSwitch, Pipeline, Requester, Settings, hookimpl
 from importhooks.errors import ImageGone, ImportHalted, StatusConflict
-from importhooks.runner import INTERRUPTED, STORE_FAILED, ImportJob, ImportOutcome, ImportRunner, recover
-from importhooks.staging import StagingArea
-from importhooks.status import ImageStatus
+from importhooks.server.runner import INTERRUPTED, STORE_FAILED, ImportJob, ImportOutcome, ImportRunner, recover
+from importhooks.server.staging import StagingArea
+from importhooks.server.status import ImageStatus
 
 from . import images
 

@@ -266,7 +266,7 @@ def test_readme_configuration_example_loads_and_applies(site_path, workdir, raw_
 
 def _plugins_command() -> list[str]:
     script = Path(sys.executable).with_name("importhooks")
-    return [str(script), "plugins"] if script.exists() else [sys.executable, "-m", "importhooks.cli", "plugins"]
+    return [str(script), "plugins"] if script.exists() else [sys.executable, "-m", "importhooks.cli.main", "plugins"]
 
 
 def test_cli_lists_it_as_an_entry_point_with_its_distribution(installed, tmp_path):

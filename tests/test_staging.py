@@ -14,7 +14,7 @@ import pytest
 
 from importhooks import Settings
 from importhooks.errors import BadRequest, PayloadTooLarge, RequestTimeout
-from importhooks.staging import PARTIAL_PREFIX, StagingArea, image_key
+from importhooks.server.staging import PARTIAL_PREFIX, StagingArea, image_key
 
 IMAGE = str(uuid.uuid4())
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins import tar_headers
-from importhooks_plugins.tar_rules import Violation
+from importhooks_plugins.containers import tar_headers
+from importhooks_plugins.containers.tar_rules import Violation
 
 from importhooks import Settings, Severity, Verdict
 

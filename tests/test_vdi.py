@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
-from importhooks_plugins import vdi as plugin
+from importhooks_plugins.formats import vdi as plugin
 
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
 

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from importhooks_plugins.vhdx import crc32c
+from importhooks_plugins.formats.vhdx import crc32c
 
 from importhooks import ImportResult, Verdict
 

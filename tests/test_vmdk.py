@@ -3,15 +3,14 @@
 Every hostile case asserts its own finding code, a reject, and no
 ``pipeline.plugin_failed``; every benign case asserts accept and the facts.
 """
+# ruff: noqa: F401, F811 - the fixtures pristine and copy come from tests/vmdk_checks.py
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from importhooks_plugins import vmdk
+from importhooks_plugins.formats import vmdk
 
 from importhooks import Verdict
 
@@ -21,28 +20,15 @@ from .helpers import codes
 from .vmdk_checks import (
     accepted_with_warnings,
     audit,
+    copy,
     detail,
-    pristine_images,
+    pristine,
     qemu_opens,
     qemu_same_disk,
     rejected_with,
 )
 
 SECTOR = 512
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> dict[str, Path]:
-    """Images made once per module; tests patch copies of them."""
-    return pristine_images(tmp_path_factory.mktemp("vmdk"))
-
-
-@pytest.fixture
-def copy(pristine, tmp_path):
-    def make(name: str) -> Path:
-        return Path(shutil.copy(pristine[name], tmp_path / f"{name}.vmdk"))
-
-    return make
 
 
 # -- benign -------------------------------------------------------------------------

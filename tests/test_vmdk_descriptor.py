@@ -1,4 +1,4 @@
-"""The vmdk plugin's embedded-descriptor rules on real images (plugins/_vmdk_descriptor.py).
+"""The vmdk plugin's embedded-descriptor rules on real images (plugins/formats/_vmdk_descriptor.py).
 
 qemu-img makes the images, vmdk_images rewrites their descriptor in place. Every
 hostile case asserts its own finding code and a reject; every benign one that
@@ -6,18 +6,17 @@ qemu-img opens it and that importhooks accepts it. UTF-8 descriptors: qemu reads
 bytes and ignores the embedded extents, VMware decodes the text in its declared
 encoding, so what every reader decodes alike is accepted and the rest rejected.
 """
+# ruff: noqa: F401, F811 - the fixtures pristine and copy come from tests/vmdk_checks.py
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from importhooks_plugins import _vmdk_descriptor as vd
+from importhooks_plugins.formats import _vmdk_descriptor as vd
 
 from importhooks import Verdict
 
@@ -26,28 +25,15 @@ from .helpers import codes
 from .vmdk_checks import (
     accepted_with_warnings,
     audit,
+    copy,
     detail,
-    pristine_images,
+    pristine,
     qemu_opens,
     qemu_same_disk,
     rejected_with,
 )
 
 SECTOR = 512
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> dict[str, Path]:
-    """Images made once per module; tests patch copies of them."""
-    return pristine_images(tmp_path_factory.mktemp("vmdk"))
-
-
-@pytest.fixture
-def copy(pristine, tmp_path):
-    def make(name: str) -> Path:
-        return Path(shutil.copy(pristine[name], tmp_path / f"{name}.vmdk"))
-
-    return make
 
 
 # -- UTF-8 descriptors ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Grain tables against grain markers in stream-optimized VMDKs (plugins/_vmdk_grains.py).
+"""Grain tables against grain markers in stream-optimized VMDKs (plugins/formats/_vmdk_grains.py).
 
 qemu reads a stream-optimized VMDK through its grain tables; a streaming reader
 places each grain where its marker says. qemu-img makes the images; the tests patch

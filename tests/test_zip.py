@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from importhooks_plugins import zip as zip_plugin
+from importhooks_plugins.containers import zip as zip_plugin
 
 from importhooks import Claims, ImportRequest, Pipeline, Verdict
 from importhooks.result import ImportResult

@@ -11,7 +11,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from importhooks_plugins.vhdx import crc32c
+from importhooks_plugins.formats.vhdx import crc32c
 
 from .images import qemu_img
 

@@ -3,8 +3,12 @@ and the pristine images the tests patch copies of."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Settings, Verdict
 
@@ -66,3 +70,19 @@ def pristine_images(base: Path) -> dict[str, Path]:
         "stream_data": v.converted(base / "stream_data.vmdk", "streamOptimized"),
         "sparse_big": v.converted(base / "sparse_big.vmdk", "monolithicSparse", random=3 << 20),
     }
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Images made once per module; tests patch copies of them."""
+    return pristine_images(tmp_path_factory.mktemp("vmdk"))
+
+
+@pytest.fixture
+def copy(pristine: dict[str, Path], tmp_path: Path) -> Callable[[str], Path]:
+    """A fresh copy of one pristine image, for a test to patch."""
+
+    def make(name: str) -> Path:
+        return Path(shutil.copy(pristine[name], tmp_path / f"{name}.vmdk"))
+
+    return make

@@ -33,8 +33,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from importhooks.discovery import create_headers, import_info, import_schema
 from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
+from importhooks.server.discovery import create_headers, import_info, import_schema
 
 from .auth import TOKEN_HEADER, TokenAuth
 from .config import Principal, ServiceConfig

@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from importhooks import Settings
+from importhooks.server.status import ImageStatus
 from importhooks.settings import CONTAINER_FORMATS, DISK_FORMATS
-from importhooks.status import ImageStatus
 
 from .db import ImageRecord
 

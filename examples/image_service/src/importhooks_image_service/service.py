@@ -8,17 +8,17 @@ HTTP status, for a call it refuses.
 The import's life:
 
 1. ``PUT /stage`` (:meth:`ImageService.stage`): kill switch, status machine, ``uploading``;
-   the kit's :class:`~importhooks.staging.StagingArea` writes the body within the limits;
+   the kit's :class:`~importhooks.server.staging.StagingArea` writes the body within the limits;
    on any failure nothing is staged and the image is ``queued`` again.
 2. ``POST /import`` (:meth:`ImageService.start_import`): the body is validated by the kit,
    the claims merged with what the image says, the image set ``importing`` (with what is
    needed to run the import again after a restart), and the job handed to the kit's
-   :class:`~importhooks.runner.ImportRunner`; the call returns at once.
+   :class:`~importhooks.server.runner.ImportRunner`; the call returns at once.
 3. The runner runs the pipeline under its caps; :meth:`ImageService._store_accepted` moves
    accepted data into the store, :meth:`ImageService._finish` writes ``active`` (with the
    verified fields and protected properties) or ``killed`` (with a message for the user).
 4. At start (:meth:`ImageService.start`), partial uploads are swept and every image left
-   ``importing`` is resubmitted or killed (:func:`importhooks.runner.recover`).
+   ``importing`` is resubmitted or killed (:func:`importhooks.server.runner.recover`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any
 from importhooks import Pipeline, Settings
 from importhooks.errors import BadRequest, ImageGone, ImportHalted, RequestError, StatusConflict
 from importhooks.request import Claims, ImportRequest, Requester
-from importhooks.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
-from importhooks.staging import StagingArea, image_key
-from importhooks.status import Call, ImageStatus, allowed, check
-from importhooks.validation import import_claims, parse_import_request
+from importhooks.server.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
+from importhooks.server.staging import StagingArea, image_key
+from importhooks.server.status import Call, ImageStatus, allowed, check
+from importhooks.server.validation import import_claims, parse_import_request
 
 from .auth import require_trusted_upload
 from .config import Principal, ServiceConfig

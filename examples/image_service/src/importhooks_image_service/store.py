@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from importhooks import Settings
-from importhooks.staging import StagingArea
+from importhooks.server.staging import StagingArea
 
 _COPY_CHUNK = 1 << 20
 
@@ -38,7 +38,7 @@ class StoredData:
 class ImageStore:
     """Images at rest in ``directory`` (private to the service).
 
-    Files are named, written and swept by the kit's :class:`~importhooks.staging.StagingArea`
+    Files are named, written and swept by the kit's :class:`~importhooks.server.staging.StagingArea`
     (one file per image id, private partial files renamed when complete), with the trusted
     path's limits: ``max_image_size`` bytes and ``max_upload_time``.
     """

@@ -33,8 +33,8 @@ import uuid
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 
-from .errors import BadRequest, PayloadTooLarge, RequestTimeout, StatusConflict
-from .settings import Settings
+from ..errors import BadRequest, PayloadTooLarge, RequestTimeout, StatusConflict
+from ..settings import Settings
 
 PARTIAL_PREFIX = ".partial-"
 CLAIM_PREFIX = ".import-"

@@ -143,9 +143,10 @@ def _is_start(algorithm: str, head: bytes) -> bool:
 class _Decoder:
     """One stream's decoder; each :meth:`decompress` returns about OUT_CHUNK at most (zstd: 9 MiB)."""
 
-    def __init__(self, algorithm: str, decoder: Any) -> None:
+    def __init__(self, algorithm: str, decoder: Any, errors: tuple[type[BaseException], ...]) -> None:
         self._algorithm = algorithm
         self._d = decoder
+        self.errors = errors  # what this decoder raises on bad data
         self._tail = memoryview(b"")  # zstd: input not fed yet
         self.needs_input = True
         self.eof = False
@@ -295,11 +296,11 @@ class _Unpacker:
     def _decoder(self, head: bytes) -> _Decoder:
         window = self.options["max_window_size"]
         if self.algorithm == "gzip":
-            return _Decoder("gzip", zlib.decompressobj(wbits=31))
+            return _Decoder("gzip", zlib.decompressobj(wbits=31), (zlib.error, EOFError))
         if self.algorithm == "bzip2":
-            return _Decoder("bzip2", bz2.BZ2Decompressor())
+            return _Decoder("bzip2", bz2.BZ2Decompressor(), (OSError, EOFError))
         if self.algorithm == "xz":
-            return _Decoder("xz", lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=window))
+            return _Decoder("xz", lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=window), (lzma.LZMAError, EOFError))
         import zstandard  # heavy: loaded on first use
 
         if head.startswith(zstandard.FRAME_HEADER):  # not a skippable frame: check what the header declares
@@ -316,7 +317,7 @@ class _Unpacker:
                 self.fail(WINDOW, f"frame {self.streams} window {params.window_size} bytes, limit {window}")
         if self._zstd is None:
             self._zstd = zstandard.ZstdDecompressor(max_window_size=window)
-        return _Decoder("zstd", self._zstd.decompressobj(write_size=OUT_CHUNK))
+        return _Decoder("zstd", self._zstd.decompressobj(write_size=OUT_CHUNK), (zstandard.ZstdError, EOFError))
 
     def _stream(self, source: _Source, writer: SparseWriter, decoder: _Decoder) -> None:
         while True:
@@ -339,11 +340,9 @@ class _Unpacker:
                 self.context.check()
 
     def _decode(self, decoder: _Decoder, piece: bytes) -> bytes:
-        import zstandard  # loaded by _decoder already
-
         try:
             return decoder.decompress(piece)
-        except (zlib.error, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
+        except decoder.errors as exc:
             text = f"stream {self.streams} after {self.out} bytes: {type(exc).__name__} {str(exc)[:DETAIL_LIMIT]!r}"
             if "memory" in str(exc).lower():  # xz: memory usage limit; zstd: frame requires too much memory
                 self.fail(WINDOW, f"{text}, limit {self.options['max_window_size']}")

@@ -12,10 +12,10 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .findings import Verdict
-from .request import Requester
-from .result import ImportResult
-from .units import format_size
+from ..findings import Verdict
+from ..request import Requester
+from ..result import ImportResult
+from ..units import format_size
 
 #: Unicode categories escaped in text output: controls (C0, C1, DEL), format
 #: characters (bidirectional overrides, zero-width), line and paragraph

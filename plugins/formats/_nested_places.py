@@ -26,8 +26,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from ._guest_layout import GuestLayout, ReadBudgetExhausted, read_layout
-from ._partition_tables import MBR_EXTENDED, MBR_PROTECTIVE
+from ..guest._guest_layout import GuestLayout, ReadBudgetExhausted, read_layout
+from ..guest._partition_tables import MBR_EXTENDED, MBR_PROTECTIVE
 
 Reader = Callable[[int, int], bytes]
 SECTOR = 512

@@ -21,8 +21,8 @@ from pathlib import Path
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 from importhooks.units import parse_size
 
-from . import _qemu
-from ._qemu import DRIVERS, QemuError
+from ..formats import _qemu
+from ..formats._qemu import DRIVERS, QemuError
 
 SECTION = "conversion"
 #: The ``kind`` of the layers this plugin makes.

@@ -34,11 +34,11 @@ from typing import Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
+from ..guest._guest_layout import ReadBudgetExhausted
+from ..guest.os_type import DIRECT, THROUGH_QEMU, _Blocks
 from . import _qemu
-from ._guest_layout import ReadBudgetExhausted
 from ._nested_formats import PROBE_BYTES, SECTOR, examine, sniff
 from ._nested_places import Incomplete, places_to_probe
-from .os_type import DIRECT, THROUGH_QEMU, _Blocks
 
 SECTION = "nested"
 DEFAULT_MAX_PROBES = 128

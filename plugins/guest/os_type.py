@@ -35,7 +35,7 @@ from typing import Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
-from . import _qemu
+from ..formats import _qemu
 from ._filesystems import OsEvidence, os_evidence
 from ._guest_layout import GuestLayout, ReadBudgetExhausted, read_layout
 from ._partition_codes import CODES as LAYOUT_CODES

@@ -1,7 +1,7 @@
 """Validation of ``POST /v2/images/{id}/import``, with jsonschema and the document clients discover.
 
 :func:`parse_import_request` checks the content type (415 unless JSON), parses the body and
-validates it against :func:`~importhooks.discovery.import_schema` (400 naming the field).
+validates it against :func:`~importhooks.server.discovery.import_schema` (400 naming the field).
 :func:`import_claims` then merges the body's claims with what the image record already says
 (``disk_format``, ``container_format`` and the ``os_type`` property, set when it was created)
 into :class:`~importhooks.request.Claims`, the body winning, and enforces ``require_os_type``
@@ -19,10 +19,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from ..errors import BadRequest, UnsupportedMediaType
+from ..request import Claims
+from ..settings import Settings
 from .discovery import DEFAULT_METHODS, import_schema
-from .errors import BadRequest, UnsupportedMediaType
-from .request import Claims
-from .settings import Settings
 
 #: Largest import request body read, in bytes: the body is a small JSON object.
 MAX_BODY = 64 << 10

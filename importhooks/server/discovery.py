@@ -19,7 +19,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from .settings import Settings
+from ..settings import Settings
 
 DEFAULT_METHODS: tuple[str, ...] = ("glance-direct",)
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -129,7 +129,7 @@ def import_schema(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS) 
     ``container_format`` and ``os_type`` are claims limited to the values the settings
     accept, given here or already on the image (set when it was created); when
     ``require_os_type`` is set, ``os_type`` must be in one place or the other, which
-    :func:`importhooks.validation.import_claims` checks. Glance's
+    :func:`importhooks.server.validation.import_claims` checks. Glance's
     multi-store keys (``stores``, ``all_stores``, ``all_stores_must_succeed``) are
     allowed as Glance's clients send them; anything else is refused.
     """

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .findings import FindingCode, Severity
-from .result import ImportResult
+from ..findings import FindingCode, Severity
+from ..result import ImportResult
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"

@@ -34,12 +34,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from . import codes
-from .errors import ImageGone, ImportHalted
-from .events import Event, EventType
-from .pipeline import Pipeline
-from .request import Claims, ImportRequest, Requester
-from .result import ImportResult
+from .. import codes
+from ..errors import ImageGone, ImportHalted
+from ..events import Event, EventType
+from ..pipeline import Pipeline
+from ..request import Claims, ImportRequest, Requester
+from ..result import ImportResult
 from .staging import StagingArea
 from .status import ImageStatus
 

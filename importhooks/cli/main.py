@@ -26,21 +26,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from ._cli_output import Output, silence
-from .context import ImportContext
-from .discovery import import_info, import_schema
-from .errors import ConfigError, PluginLoadError
-from .events import Event, EventType
-from .findings import Verdict
-from .hookspecs import hookimpl
-from .pipeline import Pipeline
-from .plugins import toml_value
+from ..context import ImportContext
+from ..errors import ConfigError, PluginLoadError
+from ..events import Event, EventType
+from ..findings import Verdict
+from ..hookspecs import hookimpl
+from ..pipeline import Pipeline
+from ..plugins import toml_value
+from ..request import Claims, ImportRequest, Requester
+from ..result import ImportResult
+from ..server.discovery import import_info, import_schema
+from ..settings import CONTAINER_FORMATS, DISK_FORMATS, Settings, load_settings
+from ..units import parse_size
+from .output import Output, silence
 from .report import escape, one_line, render_json, render_requester, render_summary, render_text
-from .request import Claims, ImportRequest, Requester
-from .result import ImportResult
 from .sarif import build_sarif
-from .settings import CONTAINER_FORMATS, DISK_FORMATS, Settings, load_settings
-from .units import parse_size
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it

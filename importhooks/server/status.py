@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 
-from .errors import StatusConflict
+from ..errors import StatusConflict
 
 
 class ImageStatus(enum.StrEnum):
