@@ -53,10 +53,10 @@ def config_files(given: Sequence[Path]) -> list[Path]:
 
 def read_config(files: Sequence[Path]) -> Any:
     """The options this check needs, parsed by oslo.config as Glance parses them."""
-    from oslo_config import cfg
+    from oslo_config import cfg, types
 
     conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.ListOpt("image_import_plugins", item_type=cfg.types.String(quotes=True), bounds=True,
+    conf.register_opt(cfg.ListOpt("image_import_plugins", item_type=types.String(quotes=True), bounds=True,
                                   default=[]), group="image_import_opts")  # as Glance declares it
     conf.register_opt(cfg.StrOpt("config_file"), group=PLUGIN)
     conf(args=[], project="glance", prog="glance-api", default_config_files=[str(f) for f in files],
