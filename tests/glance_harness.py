@@ -116,7 +116,7 @@ class GlanceServer:
         (self.etc / "glance-api-paste.ini").write_text(PASTE_INI)
         (self.etc / "glance-uwsgi.ini").write_text("\n".join([
             "[uwsgi]", "module = glance.wsgi.api:application", f"virtualenv = {GLANCE_VENV}",
-            f"pythonpath = {TESTS}", f"env = OS_GLANCE_CONFIG_DIR={self.etc}",
+            f"pythonpath = {TESTS}", f"pythonpath = {REPO}", f"env = OS_GLANCE_CONFIG_DIR={self.etc}",
             f"http-socket = 127.0.0.1:{self.port}", "master = true", "processes = 1", "threads = 4",
             "enable-threads = true", "lazy-apps = true", "http-raw-body = true", "http-chunked-input = true",
             "chunked-input-limit = 16777216", "http-auto-chunked = true", "http-keepalive = false",

@@ -42,8 +42,9 @@ def web(samples: Path) -> Iterator[WebServer]:
 def settings_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("importhooks-conf")
     path = root / "importhooks.toml"
-    # A small ratio grace, so that a small bomb is one.
-    path.write_text(f'halt_file = "{root / "HALT"}"\n\n[plugin.compression]\nratio_grace = "2MiB"\n')
+    # A small ratio grace, so that a small bomb is one; a site plugin that echoes requester and claims.
+    path.write_text(f'halt_file = "{root / "HALT"}"\n\n[plugins]\nenabled = ["tests.glance_echo_plugin"]\n\n'
+                    '[plugin.compression]\nratio_grace = "2MiB"\n')
     return path
 
 
@@ -144,14 +145,18 @@ def test_benign_images_become_active_with_importhooks_properties(glance, setting
     stored_before = set(glance.stored_files())
 
     image_id = glance.create_via_import(f"benign-{kind}", disk_format, container_format, path=path,
-                                        properties=OS_TYPE)
+                                        properties={**OS_TYPE, "custom": "some value"})
     image = glance.wait(image_id)
 
     assert image["status"] == "active", (image, glance.last_task(image_id))
     assert glance.last_task(image_id)["status"] == "success"
     assert image["os_type"] == "linux"
     for name, value in local.properties.items():
-        assert image[name] == str(value), name
+        if not name.startswith("importhooks_test_"):
+            assert image[name] == str(value), name
+    # What the pipeline was given: the request context's requester, the image's name and properties.
+    assert image["importhooks_test_requester"] == "test-user/test-project/admin,member,reader"
+    assert image["importhooks_test_claims"] == f"benign-{kind}/some value"
     assert any(name.startswith("importhooks_") for name in image)
     assert image["disk_format"] == disk_format and image["container_format"] == "bare"
     assert image["stores"] == STORE
