@@ -100,3 +100,20 @@ def test_glance_check_fails_a_conf_without_the_plugin_or_with_broken_settings(tm
     assert glance_check("--config-file", str(tmp_path / "missing.conf")).returncode == 1
     usage = glance_check()
     assert usage.returncode == 2 and "--config-file" in usage.stderr
+
+
+def test_get_flow_never_raises_and_its_last_resort_flow_fails_the_import():
+    # Called without Glance's kwargs, get_flow still returns a flow (taskflow, in Glance's environment);
+    # run by a real taskflow engine it fails with UploadException, whose text Glance shows as the task message.
+    code = ("import taskflow.engines\n"
+            "from importhooks.integrations.glance import UNAVAILABLE, get_flow\n"
+            "flow = get_flow()\n"
+            "print([task.name for task in flow])\n"
+            "try:\n"
+            "    taskflow.engines.run(flow, store={'file_path': 'file:///nonexistent/image'})\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, str(exc) == UNAVAILABLE)\n")
+    done = subprocess.run([str(GLANCE_BIN / "python"), "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['api_image_import-Importhooks-closed']", "UploadException True"]
+    assert "cannot build the import flow" in done.stderr
