@@ -30,6 +30,8 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
               fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin udftools
               zip genisoimage udfclient mtools)
+# gcc, python3-dev: pip builds uWSGI from source for .venv-glance (step 3b: the Glance tests).
+APT_PACKAGES+=(gcc python3-dev)
 
 # A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
 # want of ensurepip leaves one without).
@@ -102,6 +104,31 @@ say "installing importhooks (editable, extras test and docs)"
 say "installing the reference image service (examples/image_service, editable)"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e examples/image_service
 "$VENV/bin/importhooks" --help >/dev/null || die "the importhooks command does not run"
+
+# --- 3b. the Glance environment (issue 13: tests/test_glance_*.py, benchmarks/bench_glance.py) ---
+# .venv-glance holds a real OpenStack Glance 33 from the package index, uWSGI (Glance 33 runs only
+# as a WSGI app), python-glanceclient (the tests drive Glance with the real glance CLI) and this
+# checkout, editable, so Glance loads the tree's importhooks plugin. Skipped when its stamp (a
+# hash of the pins and pyproject.toml) is current and the environment imports.
+GLANCE_VENV="$REPO/.venv-glance"
+GLANCE_PINS=(glance==33.0.0 uWSGI==2.0.31 python-glanceclient==4.13.0)
+glance_hash="$(printf '%s\n' "${GLANCE_PINS[@]}" | cat - pyproject.toml | sha256sum | cut -d' ' -f1)"
+glance_stamp="$GLANCE_VENV/.importhooks-setup"
+if [[ -f "$glance_stamp" && "$(cat "$glance_stamp")" == "$glance_hash" ]] \
+        && "$GLANCE_VENV/bin/python" -c 'import glance, importhooks.integrations.glance' >/dev/null 2>&1; then
+    say "Glance environment: $GLANCE_VENV (up to date)"
+else
+    say "building the Glance environment $GLANCE_VENV (glance 33, uWSGI, python-glanceclient)"
+    if ! "$GLANCE_VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        rm -rf "$GLANCE_VENV"
+        "$PYTHON" -m venv "$GLANCE_VENV"
+    fi
+    "$GLANCE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${GLANCE_PINS[@]}"
+    "$GLANCE_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    "$GLANCE_VENV/bin/python" -c 'import glance, importhooks.integrations.glance' \
+        || die "the Glance environment does not load the importhooks plugin"
+    printf '%s\n' "$glance_hash" > "$glance_stamp"
+fi
 
 # --- 4. demo ------------------------------------------------------------------
 if [[ "${SKIP_DEMO:-0}" == 1 ]]; then

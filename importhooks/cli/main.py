@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--format", choices=("text", "json"), default="text")
     commands.add_parser("info", parents=[common], help="print the value-discovery document (GET /v2/info/import)")
     commands.add_parser("schema", parents=[common], help="print the import request JSON schema")
+    commands.add_parser("glance-check", help="will OpenStack Glance load the importhooks plugin? (docs/glance.rst)",
+                        add_help=False)  # parsed by importhooks.integrations.glance_check
     return parser
 
 
@@ -368,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``importhooks`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     # A closed descriptor (``>&-``) leaves sys.stdout or sys.stderr None: write into nothing instead.
     out, err = sys.stdout or io.StringIO(), sys.stderr or io.StringIO()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["glance-check"]:  # run in Glance's environment; loads Glance's libraries only here
+        from ..integrations.glance_check import main as glance_check
+        return glance_check(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -160,6 +161,19 @@ def time_limit(context: ImportContext, limit: float) -> int:
     return max(1, math.ceil(limit))
 
 
+def python_interpreter() -> str:
+    """The Python that runs oslo's prlimit wrapper: ``sys.executable``, unless that is not a Python.
+
+    Under an embedding server (uWSGI runs Glance) ``sys.executable`` is the server's own
+    binary; the environment's ``bin/python3`` is then the interpreter to use.
+    """
+    executable = sys.executable
+    if executable and os.path.basename(executable).startswith("python"):
+        return executable
+    candidate = os.path.join(sys.exec_prefix, "bin", "python3")
+    return candidate if os.access(candidate, os.X_OK) else executable
+
+
 def classify(exc: processutils.ProcessExecutionError) -> str:
     """RESOURCE_LIMIT if qemu-img died of a limit (by its signal or its message), else FAILED."""
     code = exc.exit_code
@@ -276,7 +290,8 @@ def run(
     try:
         stdout, _stderr = processutils.execute(
             binary, *args,
-            prlimit=prlimit, timeout=seconds, env_variables={**os.environ, "LC_ALL": "C", "LANG": "C", **(env or {})},
+            prlimit=prlimit, python_exec=python_interpreter(), timeout=seconds,
+            env_variables={**os.environ, "LC_ALL": "C", "LANG": "C", **(env or {})},
             preexec_fn=os.setsid, on_execute=on_execute, binary=True, check_exit_code=list(exit_codes),
         )
     except subprocess.TimeoutExpired:
