@@ -244,3 +244,29 @@ def test_web_download_goes_through_the_same_checks(glance, settings_file, sample
     assert hostile["os_glance_failed_import"] == STORE
     assert [name for name in glance.staged_files() if name.startswith((good_id, bad_id))] == []
     assert glance.stored_files() == sorted([*stored_before, good_id])
+
+
+def test_a_store_failure_after_acceptance_takes_the_verified_properties_back(glance, settings_file, tmp_path):
+    """importhooks accepted, then Glance's store refused the data (a file of that name is already there): the
+    import fails, the image carries no importhooks property that would claim it was verified, and once the
+    store works again the same image imports (it was not refused as user-set protected properties)."""
+    path = benign_qcow2(tmp_path)
+    out = glance.glance("image-create", "--name", "store-fails", "--disk-format", "qcow2",
+                        "--container-format", "bare").stdout
+    image_id = next(line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| id "))
+    blocker = glance.store / image_id
+    blocker.write_bytes(b"in the way")  # glance_store's filesystem driver refuses to overwrite it
+    try:
+        glance.stage_and_import(image_id, path)
+        image = glance.wait(image_id)
+        assert glance.last_task(image_id)["status"] == "failure"
+        assert image["status"] == "queued"
+        assert not [name for name in image if name.startswith("importhooks_")], image
+        assert [name for name in glance.staged_files() if image_id in name] == []
+    finally:
+        blocker.unlink()
+
+    glance.stage_and_import(image_id, path)
+    image = glance.wait(image_id, count=2)
+    assert image["status"] == "active", glance.last_task(image_id)
+    assert image["importhooks_partition_table"] == "none"

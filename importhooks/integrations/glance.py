@@ -140,6 +140,7 @@ class ImporthooksTask(task.Task):
         self.pipeline = pipeline
         self.failure = failure
         self.staged: Path | None = None
+        self.recorded: tuple[str, ...] = ()  # the properties this task set, taken back by revert
 
     def execute(self, file_path: str) -> str:
         staged = self.staged = _local_path(file_path)
@@ -183,6 +184,7 @@ class ImporthooksTask(task.Task):
         properties = {name: str(value) for name, value in result.properties.items() if value is not None}
         with self.action_wrapper as action:
             action.set_image_extra_properties(properties)
+            self.recorded = tuple(properties)
             if len(result.layers) > 1:
                 disk_format = result.detected.get("disk_format")
                 attributes: dict[str, Any] = {"container_format": "bare", "size": staged.stat().st_size}
@@ -194,8 +196,19 @@ class ImporthooksTask(task.Task):
         """glance-direct: back to ``queued``, stores marked failed, staged data deleted (as image_conversion).
 
         web-download and glance-download are left to Glance's own download revert, which does
-        the same; doing it twice makes that revert fail.
+        the same; doing it twice makes that revert fail. Whatever the method, the properties
+        this task set are taken back when a later step failed (the store refused the data):
+        left behind, they would read as verified on an image that is not, and the next
+        import would refuse them as protected properties the user set.
         """
+        if self.recorded:
+            try:
+                with self.action_wrapper as action:
+                    for name in self.recorded:
+                        action.pop_extra_property(name)
+                self.recorded = ()
+            except Exception:
+                log.exception("importhooks: image %s: could not take back the verified properties", self.image_id)
         if self.method in _METHODS_GLANCE_REVERTS:
             return
         try:
