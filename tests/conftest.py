@@ -8,6 +8,7 @@ from importhooks import Settings
 from importhooks.settings import PluginSettings
 
 from . import images
+from .swift_harness import swift_cluster  # noqa: F401  (a session's real Swift, started on first use)
 
 
 @pytest.fixture
