@@ -21,7 +21,9 @@ the end of the session.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
+import json
 import os
 import runpy
 import shutil
@@ -36,11 +38,15 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SWIFT_PYTHON = "/usr/bin/python3"
 KINDS = ("account", "container", "object")  # the storage servers, started before the proxy
 READY_TIMEOUT = 60.0  # a cold first start measured 4.7 s; CI machines may be slower
 STOP_TIMEOUT = 10.0
+START_ATTEMPTS = 3  # a free port another process took before a server bound it: start again on new ones
+PR_SET_PDEATHSIG = 1
+POLICY = "importhooks-tests"  # the storage policy of the harness's swift.conf, which /info shows
 
 
 @dataclass(frozen=True)
@@ -159,17 +165,30 @@ class SwiftCluster:
                 process.kill()
                 process.wait(5)
 
+    def info(self) -> dict[str, Any]:
+        """The proxy's /info document (what the cluster is and allows)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['proxy']}/info", timeout=10) as response:
+            return dict(json.load(response))
+
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.root / "log" / f"{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _launch(cluster: SwiftCluster, name: str, argv: list[str]) -> None:
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the test process dies, even by SIGKILL (Linux's PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _launch(cluster: SwiftCluster, name: str, argv: list[str], user: str | None = None) -> None:
     log = (cluster.root / "log" / f"{name}.log").open("wb")
     with log:
+        # Popen changes the user before it calls preexec_fn: a later change would clear PDEATHSIG.
         cluster.processes[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                                   stderr=subprocess.STDOUT, cwd=cluster.root)
+                                                   stderr=subprocess.STDOUT, cwd=cluster.root,
+                                                   preexec_fn=_die_with_parent, user=user)
 
 
 def _answers(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> bool:
@@ -192,7 +211,7 @@ def _wait_ready(cluster: SwiftCluster) -> None:
     while time.monotonic() < deadline:
         dead = [name for name, process in cluster.processes.items() if process.poll() is not None]
         if dead:
-            raise RuntimeError(f"Swift's {dead[0]} exited while starting:\n{cluster.log_tail(dead[0])}")
+            raise _ServerDied(f"Swift's {dead[0]} exited while starting:\n{cluster.log_tail(dead[0])}")
         pending = [url for url in pending if not _answers(url, "OPTIONS" if "healthcheck" not in url else "GET")]
         if not pending and all(_answers(cluster.auth_url, headers={"X-Auth-User": a.login, "X-Auth-Key": a.key})
                                for a in ACCOUNTS):
@@ -209,9 +228,23 @@ def check_installed() -> None:
                            "and memcached are needed: run scripts/setup.sh")
 
 
+class _ServerDied(RuntimeError):
+    """A server exited while starting (e.g. its port was taken meanwhile)."""
+
+
 def start_swift(root: Path) -> SwiftCluster:
     """Configure and start a Swift in ``root`` (an empty scratch directory); stopped again if it fails to start."""
     check_installed()
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start(root / f"attempt-{attempt}")
+        except _ServerDied:
+            if attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(root: Path) -> SwiftCluster:
     for sub in ("etc", "srv/d1", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("proxy", *KINDS, "memcached")}
@@ -220,7 +253,7 @@ def start_swift(root: Path) -> SwiftCluster:
     etc = root / "etc"
     (etc / "swift.conf").write_text("[swift-hash]\nswift_hash_path_prefix = importhooks-tests\n"
                                     "swift_hash_path_suffix = importhooks-tests\n\n"
-                                    "[storage-policy:0]\nname = Policy-0\ndefault = yes\n")
+                                    f"[storage-policy:0]\nname = {POLICY}\ndefault = yes\n")
     for kind in KINDS:
         body = f"[pipeline:main]\npipeline = {kind}-server\n\n[app:{kind}-server]\nuse = egg:swift#{kind}\n"
         (etc / f"{kind}-server.conf").write_text(_server_conf(root, ports[kind], log_port, body))
@@ -231,9 +264,8 @@ def start_swift(root: Path) -> SwiftCluster:
                    check=True, capture_output=True, timeout=60)
     try:
         memcached = ["memcached", "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-U", "0", "-m", "16", "-t", "1"]
-        if os.geteuid() == 0:
-            memcached += ["-u", "memcache"]  # memcached refuses to run as root without -u
-        _launch(cluster, "memcached", memcached)
+        # memcached will not run as root without -u, and dropping to that user itself would clear PDEATHSIG.
+        _launch(cluster, "memcached", memcached, user="memcache" if os.geteuid() == 0 else None)
         for kind in (*KINDS, "proxy"):
             _launch(cluster, kind, [SWIFT_PYTHON, here, "serve", kind, str(etc / f"{kind}-server.conf")])
         _wait_ready(cluster)
@@ -281,10 +313,11 @@ def _build_rings(etc: Path, ports: list[int]) -> None:
 
 def _serve(kind: str, conf: str) -> None:
     """Run Debian's swift-KIND-server on ``conf``, with the swift.conf beside it instead of /etc/swift's."""
-    import swift.common.utils  # Debian's python3 only
+    from swift.common.utils import set_swift_dir  # Debian's python3 only
 
-    # Read by storage_policy and constraints when they are first imported, which the server script does.
-    swift.common.utils.SWIFT_CONF_FILE = str(Path(conf).parent / "swift.conf")
+    # Swift reads swift.conf from /etc/swift unless told: the hash prefix and suffix now, the storage
+    # policies and constraints when the server script first imports them.
+    set_swift_dir(str(Path(conf).parent))
     sys.argv = [f"swift-{kind}-server", conf, "--verbose"]
     runpy.run_path(f"/usr/bin/swift-{kind}-server", run_name="__main__")
 

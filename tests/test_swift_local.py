@@ -36,7 +36,7 @@ from importhooks.server.swift import (
     fetch_object_sync,
 )
 
-from .swift_harness import ALPHA, BETA, SwiftCluster
+from .swift_harness import ALPHA, BETA, POLICY, SwiftCluster
 
 DATA = os.urandom(300_000) + b"importhooks swift-local"
 
@@ -66,6 +66,13 @@ def assert_safe(error: RequestError, cluster: SwiftCluster, *names: str) -> None
     """The user's message names no host, port, account, token or anything the user sent."""
     for text in ("127.0.0.1", str(cluster.ports["proxy"]), "AUTH_", "None", *names):
         assert text not in error.message, (text, error.message)
+
+
+def test_swift_runs_on_its_own_configuration(swift_cluster: SwiftCluster) -> None:
+    """The harness's swift.conf, not /etc/swift's: its storage policy is the one the proxy serves."""
+    info = swift_cluster.info()
+    assert [policy["name"] for policy in info["swift"]["policies"]] == [POLICY]
+    assert "tempauth" in info
 
 
 def test_own_token_reads_own_object(stored: SwiftCluster, staging: StagingArea, settings: Settings) -> None:
