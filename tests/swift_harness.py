@@ -84,11 +84,13 @@ def _server_conf(root: Path, port: int, log_port: int, body: str) -> str:
 
 def _proxy_body(memcached_port: int) -> str:
     users = "".join(f"user_{a.name}_{a.user} = {a.key} .admin\n" for a in ACCOUNTS)
+    # Large objects (slo, dlo) and symlinks as a production proxy has them: each may make one GET read
+    # other objects, and Swift checks those reads against the same token.
     filters = "".join(f"[filter:{name}]\nuse = egg:swift#{name}\n\n" for name in
-                      ("catch_errors", "gatekeeper", "healthcheck", "listing_formats", "copy", "dlo",
-                       "versioned_writes"))
-    return ("[pipeline:main]\npipeline = catch_errors gatekeeper healthcheck cache listing_formats tempauth copy dlo "
-            "versioned_writes proxy-server\n\n"
+                      ("catch_errors", "gatekeeper", "healthcheck", "listing_formats", "copy", "slo", "dlo",
+                       "versioned_writes", "symlink"))
+    return ("[pipeline:main]\npipeline = catch_errors gatekeeper healthcheck cache listing_formats tempauth copy "
+            "slo dlo versioned_writes symlink proxy-server\n\n"
             "[app:proxy-server]\nuse = egg:swift#proxy\naccount_autocreate = true\n\n"
             f"[filter:cache]\nuse = egg:swift#memcache\nmemcache_servers = 127.0.0.1:{memcached_port}\n\n"
             f"[filter:tempauth]\nuse = egg:swift#tempauth\n{users}\n{filters}")
@@ -118,10 +120,10 @@ class SwiftCluster:
             return response.headers["X-Storage-Url"], response.headers["X-Auth-Token"]
 
     def request(self, method: str, account: Account, path: str, data: bytes | None = None,
-                headers: dict[str, str] | None = None) -> int:
+                headers: dict[str, str] | None = None, query: str = "") -> int:
         """One request as ``account``'s user to ``path`` (quoted here) under its storage URL; the status."""
         storage_url, token = self.login(account)
-        url = f"{storage_url}/{urllib.parse.quote(path, safe='/')}"
+        url = f"{storage_url}/{urllib.parse.quote(path, safe='/')}" + (f"?{query}" if query else "")
         request = urllib.request.Request(url, data=data, method=method,
                                          headers={"X-Auth-Token": token, **(headers or {})})
         try:
@@ -132,11 +134,11 @@ class SwiftCluster:
             return int(error.code)
 
     def put(self, account: Account, container: str, name: str, data: bytes,
-            headers: dict[str, str] | None = None) -> None:
+            headers: dict[str, str] | None = None, query: str = "") -> None:
         """Create ``container`` (if need be) and store ``data`` as ``name`` in it, as ``account``'s user."""
         status = self.request("PUT", account, container, b"")
         assert status in (201, 202), f"container PUT answered {status}"
-        status = self.request("PUT", account, f"{container}/{name}", data, headers)
+        status = self.request("PUT", account, f"{container}/{name}", data, headers, query)
         assert status == 201, f"object PUT answered {status}"
 
     def revoke(self, token: str) -> None:

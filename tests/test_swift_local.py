@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import gzip
 import hashlib
+import json
 import os
 import socket
 import time
@@ -151,6 +152,40 @@ def test_read_acl_is_swifts_decision(stored: SwiftCluster, staging: StagingArea,
     image_id = image()
     assert fetch_object_sync(alpha_url, bob_token, "shared", "disk.raw", staging, image_id, settings) == 1000
     assert staging.path(image_id).read_bytes() == DATA[:1000]
+
+
+def test_static_large_object_is_read_whole(stored: SwiftCluster, staging: StagingArea, settings: Settings) -> None:
+    """A manifest (as ``swift upload --use-slo`` makes for big images) is read as its segments, within the limit."""
+    segments = [DATA[at:at + 100_000] for at in range(0, 300_000, 100_000)]
+    for number, segment in enumerate(segments):
+        stored.put(ALPHA, "segments", f"disk/{number}", segment)
+    manifest = json.dumps([{"path": f"/segments/disk/{number}"} for number in range(len(segments))]).encode()
+    stored.put(ALPHA, "images", "large.raw", manifest, query="multipart-manifest=put")
+    url, token = stored.login(ALPHA)
+    image_id = image()
+    assert fetch_object_sync(url, token, "images", "large.raw", staging, image_id, settings) == 300_000
+    assert staging.path(image_id).read_bytes() == DATA[:300_000]
+    small = dataclasses.replace(settings, max_upload_bytes=250_000)
+    with pytest.raises(PayloadTooLarge):
+        fetch_object_sync(url, token, "images", "large.raw", StagingArea(staging.directory, small), image_id, small)
+    assert_nothing_staged(staging)
+
+
+def test_symlink_into_other_project_is_refused(stored: SwiftCluster, staging: StagingArea,
+                                               settings: Settings) -> None:
+    """Alpha links to beta's private object: Swift checks the target with alpha's token and refuses it."""
+    stored.put(BETA, "private", "secret.raw", b"beta's data")
+    stored.put(ALPHA, "images", "link.raw", b"", {"X-Symlink-Target": "private/secret.raw",
+                                                   "X-Symlink-Target-Account": "AUTH_beta"})
+    url, token = stored.login(ALPHA)
+    with pytest.raises(ObjectNotAllowed) as caught:
+        fetch_object_sync(url, token, "images", "link.raw", staging, image(), settings)
+    assert caught.value.message.startswith("Your credentials do not allow")
+    assert_nothing_staged(staging)
+    assert stored.request("POST", BETA, "private", b"", {"X-Container-Read": ALPHA.login}) == 204
+    image_id = image()  # once beta shares the container, the same link reads beta's object
+    assert fetch_object_sync(url, token, "images", "link.raw", staging, image_id, settings) == 11
+    assert staging.path(image_id).read_bytes() == b"beta's data"
 
 
 @pytest.mark.parametrize(("container", "name"), [("images", "missing.raw"), ("no-such-container", "disk.raw")])
