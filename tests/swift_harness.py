@@ -6,12 +6,14 @@ each, nothing forked), and the memcached tempauth needs, all on free loopback po
 Rings (one replica, 16 partitions, one device) are built with Swift's own
 ``RingBuilder``; the one device is a plain directory (``mount_check = false``); Swift's
 ``swift.conf`` is the harness's own, not ``/etc/swift/swift.conf``. It returns once every
-server answers and both test accounts can log in (about 3 s), and :meth:`SwiftCluster.stop`
-ends every process it started, by its id.
+server answers and both test accounts can log in (3 to 10 s, more on a busy machine), and
+:meth:`SwiftCluster.stop` ends every process it started, by its id; a test process that
+dies outright takes them with it (PDEATHSIG).
 
 Swift comes from Debian's packages (scripts/setup.sh installs them), whose modules only
 Debian's ``/usr/bin/python3`` has; the servers are started as that interpreter running
-this file (``serve`` and ``rings`` below), so this module uses the standard library alone.
+this file (``serve`` and ``rings`` below) in isolated mode (``-I``: neither tests/ nor the
+environment's PYTHONPATH on its path), so this module uses the standard library alone.
 
 The :func:`swift_cluster` fixture (session scope, made available to every test module by
 tests/conftest.py) starts the cluster the first time a test asks for it and stops it at
@@ -262,14 +264,14 @@ def _start(root: Path) -> SwiftCluster:
     (etc / "proxy-server.conf").write_text(_server_conf(root, ports["proxy"], log_port,
                                                         _proxy_body(ports["memcached"])))
     here = str(Path(__file__).resolve())
-    subprocess.run([SWIFT_PYTHON, here, "rings", str(etc), *(str(ports[kind]) for kind in KINDS)],
+    subprocess.run([SWIFT_PYTHON, "-I", here, "rings", str(etc), *(str(ports[kind]) for kind in KINDS)],
                    check=True, capture_output=True, timeout=60)
     try:
         memcached = ["memcached", "-l", "127.0.0.1", "-p", str(ports["memcached"]), "-U", "0", "-m", "16", "-t", "1"]
         # memcached will not run as root without -u, and dropping to that user itself would clear PDEATHSIG.
         _launch(cluster, "memcached", memcached, user="memcache" if os.geteuid() == 0 else None)
         for kind in (*KINDS, "proxy"):
-            _launch(cluster, kind, [SWIFT_PYTHON, here, "serve", kind, str(etc / f"{kind}-server.conf")])
+            _launch(cluster, kind, [SWIFT_PYTHON, "-I", here, "serve", kind, str(etc / f"{kind}-server.conf")])
         _wait_ready(cluster)
     except BaseException:
         cluster.stop()
