@@ -33,6 +33,12 @@ APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfs
 # gcc, python3-dev: pip builds uWSGI from source for .venv-glance (step 3b: the Glance tests).
 APT_PACKAGES+=(gcc python3-dev)
 
+# swift-local: tests/swift_harness.py starts a real single-node OpenStack Swift from Debian's packages,
+# its four servers (they bring Debian's python3 with the swift modules the harness runs them with) and
+# the memcached tempauth keeps its tokens in. The tests start and stop their own servers on free loopback
+# ports with their own configuration; nothing here configures or starts a service.
+APT_PACKAGES+=(swift-proxy swift-account swift-container swift-object memcached)
+
 # A usable venv has a python that runs pip (a 'python3 -m venv' that failed for
 # want of ensurepip leaves one without).
 venv_ok() { [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
