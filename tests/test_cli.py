@@ -17,8 +17,8 @@ import pytest
 
 from importhooks import ImportRequest, Pipeline, load_settings
 from importhooks.cli.main import ProgressBar, main
-from importhooks.cli.report import escape
 from importhooks.server.discovery import import_info, import_schema
+from importhooks.text import escape
 
 from . import images
 

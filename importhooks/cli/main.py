@@ -37,9 +37,10 @@ from ..request import Claims, ImportRequest, Requester
 from ..result import ImportResult
 from ..server.discovery import import_info, import_schema
 from ..settings import CONTAINER_FORMATS, DISK_FORMATS, Settings, load_settings
+from ..text import escape
 from ..units import parse_size
 from .output import Output, silence
-from .report import escape, one_line, render_json, render_requester, render_summary, render_text
+from .report import one_line, render_json, render_requester, render_summary, render_text
 from .sarif import build_sarif
 
 EXIT_ACCEPTED, EXIT_REJECTED, EXIT_ERROR = 0, 1, 2

@@ -35,8 +35,8 @@ from taskflow import task
 from taskflow.patterns import linear_flow
 
 from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Requester, load_settings
-from importhooks.cli.report import escape
 from importhooks.findings import Severity
+from importhooks.text import escape
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from importhooks.cli.report import escape
+from importhooks.text import escape
 
 PLUGIN = "importhooks"
 GROUP = "glance.image_import.plugins"
