@@ -10,7 +10,10 @@
 * ``DELETE /v2/images/{id}``: 204; staged and stored data removed.
 * ``PUT /v2/images/{id}/stage``: 204; stage data for import (503 while halted).
 * ``POST /v2/images/{id}/import``: 202; the import runs in the background.
-* ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only.
+* ``PATCH /v2/images/{id}``: Glance's JSON-patch media types (:mod:`.patch`).
+* ``GET /v2/images/{id}/file``: the data, with ``Content-MD5`` (:mod:`.download`).
+* ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only, checked (:mod:`.trusted`).
+* ``GET /v2/schemas/images``: the schema of an image list.
 
 Every other ``/v2/`` request needs a known ``X-Auth-Token`` too (401). Every error is
 ``{"error": {"message", "code", "title"}}``; a kit :class:`~importhooks.errors.RequestError`
@@ -19,7 +22,6 @@ maps by its ``.status``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,15 +39,25 @@ from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
 from importhooks.server.discovery import create_headers, import_info, import_schema
 
 from .auth import TOKEN_HEADER, TokenAuth
+from .bodies import check_depth, parse_json, read_body
 from .config import Principal, ServiceConfig
-from .documents import base_url, error_document, image_schema, images_document, render_image, versions_document
+from .documents import (
+    VISIBILITIES,
+    base_url,
+    error_document,
+    image_schema,
+    images_document,
+    images_schema,
+    render_image,
+    versions_document,
+)
+from .download import data_response
 from .errors import Unauthorized
+from .patch import media_type
 from .service import ImageService
 
 log = logging.getLogger(__name__)
 
-#: Largest JSON request body read (create, import), in bytes.
-MAX_JSON_BODY = 64 << 10
 _PRINCIPAL = "importhooks_principal"
 
 
@@ -77,20 +89,15 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-async def read_json_body(request: Request, limit: int = MAX_JSON_BODY) -> bytes:
-    """The request body, refused (400) past ``limit`` bytes without reading further."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"The request body is larger than {limit} bytes.", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def require_octet_stream(request: Request) -> None:
+    """415 for image data sent as anything but ``application/octet-stream`` (as Glance; none at all is fine)."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/octet-stream":
+        raise UnsupportedMediaType("Image data must be sent as application/octet-stream.")
 
 
 class Api:
@@ -98,6 +105,7 @@ class Api:
 
     def __init__(self, service: ImageService) -> None:
         self.service = service
+        self.max_depth = service.config.max_json_depth
 
     # -- discovery -------------------------------------------------------------------
 
@@ -109,6 +117,9 @@ class Api:
 
     async def schema_image(self, request: Request) -> Response:
         return JSONResponse(image_schema(self.service.settings))
+
+    async def schema_images(self, request: Request) -> Response:
+        return JSONResponse(images_schema(self.service.settings))
 
     async def schema_import(self, request: Request) -> Response:
         return JSONResponse(import_schema(self.service.settings))
@@ -122,11 +133,7 @@ class Api:
         principal = principal_of(request)
         if not _is_json(request.headers.get("content-type")):
             raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
-        raw = await read_json_body(request)
-        try:
-            body: Any = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The request body is not valid JSON.", field="body") from None
+        body: Any = parse_json(await read_body(request.stream()), self.max_depth)
         record = self.service.create_image(principal, body)
         image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
         # The SDK imports only when the 201 names the method; none while halted.
@@ -140,13 +147,29 @@ class Api:
         hidden = query.get("os_hidden", "false").strip().lower()
         if hidden not in ("true", "false"):
             raise BadRequest("Invalid os_hidden: must be true or false.", field="os_hidden")
-        records = self.service.list_images(principal, name=query.get("name"), status=query.get("status"),
-                                           hidden=hidden == "true")
+        visibility = query.get("visibility")
+        if visibility is not None and visibility not in (*VISIBILITIES, "all"):
+            raise BadRequest(f"Invalid visibility: must be one of {', '.join(VISIBILITIES)}, all.",
+                             field="visibility")
+        records = self.service.list_images(principal, visibility=visibility, name=query.get("name"),
+                                           status=query.get("status"), hidden=hidden == "true")
         return JSONResponse(images_document(records))
 
     async def show(self, request: Request) -> Response:
         record = self.service.get_image(principal_of(request), request.path_params["image_id"])
         return JSONResponse(render_image(record))
+
+    async def update(self, request: Request) -> Response:
+        principal = principal_of(request)
+        kind = media_type(request.headers.get("content-type"))
+        self.service.get_image(principal, request.path_params["image_id"])  # 404 before the body is read
+        body: Any = parse_json(await read_body(request.stream()), self.max_depth)
+        record = self.service.update_image(principal, request.path_params["image_id"], body, kind)
+        return JSONResponse(render_image(record))
+
+    async def download(self, request: Request) -> Response:
+        record, data = self.service.open_data(principal_of(request), request.path_params["image_id"])
+        return data_response(record, data)
 
     async def delete(self, request: Request) -> Response:
         self.service.delete_image(principal_of(request), request.path_params["image_id"])
@@ -155,6 +178,7 @@ class Api:
     # -- data and import -------------------------------------------------------------
 
     async def stage(self, request: Request) -> Response:
+        require_octet_stream(request)
         try:
             await self.service.stage(principal_of(request), request.path_params["image_id"], request.stream(),
                                      request.headers)
@@ -163,6 +187,7 @@ class Api:
         return Response(status_code=204)
 
     async def upload(self, request: Request) -> Response:
+        require_octet_stream(request)
         try:
             await self.service.upload(principal_of(request), request.path_params["image_id"], request.stream(),
                                       request.headers)
@@ -174,7 +199,8 @@ class Api:
         principal = principal_of(request)
         image_id = request.path_params["image_id"]
         self.service.get_image(principal, image_id)  # 404 before the body is read
-        body = await read_json_body(request)
+        body = await read_body(request.stream())
+        check_depth(body, self.max_depth)
         self.service.start_import(principal, image_id, body, request.headers.get("content-type"))
         return Response(status_code=202)
 
@@ -212,12 +238,15 @@ def create_app(config: ServiceConfig, *, service: ImageService | None = None) ->
         Route("/", api.root, methods=["GET"]),
         Route("/versions", api.versions, methods=["GET"]),
         Route("/v2/schemas/image", api.schema_image, methods=["GET"]),
+        Route("/v2/schemas/images", api.schema_images, methods=["GET"]),
         Route("/v2/schemas/import", api.schema_import, methods=["GET"]),
         Route("/v2/info/import", api.info_import, methods=["GET"]),
         Route("/v2/images", api.index, methods=["GET"]),
         Route("/v2/images", api.create, methods=["POST"]),
         Route("/v2/images/{image_id}", api.show, methods=["GET"]),
+        Route("/v2/images/{image_id}", api.update, methods=["PATCH"]),
         Route("/v2/images/{image_id}", api.delete, methods=["DELETE"]),
+        Route("/v2/images/{image_id}/file", api.download, methods=["GET"]),
         Route("/v2/images/{image_id}/stage", api.stage, methods=["PUT"]),
         Route("/v2/images/{image_id}/file", api.upload, methods=["PUT"]),
         Route("/v2/images/{image_id}/import", api.start_import, methods=["POST"]),
