@@ -52,7 +52,7 @@ from .documents import (
     versions_document,
 )
 from .download import data_response
-from .errors import Unauthorized
+from .errors import Unauthorized, UploadCutOff
 from .patch import media_type
 from .service import ImageService
 
@@ -65,15 +65,29 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse(error_document(status, message), status_code=status, headers=headers)
 
 
+def _versioned(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 class TokenMiddleware:
-    """401 for any ``/v2/`` request without a known ``X-Auth-Token``; the principal goes in the scope."""
+    """401 for any ``/v2/`` request without a known ``X-Auth-Token``; the principal goes in the scope.
+
+    A path outside ``/v2/`` (but ``/`` and ``/versions``) is answered 300 with the version
+    document, as Glance's version negotiation does: ``openstack --os-endpoint URL`` (no ``/v2``)
+    gets the same answer as from Glance, and works, as with Glance, with ``--os-endpoint URL/v2``.
+    """
 
     def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+        if scope["type"] == "http" and scope["path"] not in ("/", "/versions") and not _versioned(scope["path"]):
+            # Glance's version negotiation: a path naming no API version gets the version choices.
+            base = base_url(str(Request(scope).base_url))
+            await JSONResponse(versions_document(base), status_code=300)(scope, receive, send)
+            return
+        if scope["type"] == "http" and _versioned(scope["path"]):
             try:
                 scope[_PRINCIPAL] = self.auth.authenticate(Headers(scope=scope).get(TOKEN_HEADER))
             except Unauthorized as exc:
@@ -94,9 +108,9 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def require_octet_stream(request: Request) -> None:
-    """415 for image data sent as anything but ``application/octet-stream`` (as Glance; none at all is fine)."""
-    content_type = request.headers.get("content-type")
-    if content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/octet-stream":
+    """415 for image data sent as anything but ``application/octet-stream``, or untyped (as Glance)."""
+    content_type = request.headers.get("content-type") or ""
+    if content_type.split(";", 1)[0].strip().lower() != "application/octet-stream":
         raise UnsupportedMediaType("Image data must be sent as application/octet-stream.")
 
 
@@ -182,6 +196,8 @@ class Api:
         try:
             await self.service.stage(principal_of(request), request.path_params["image_id"], request.stream(),
                                      request.headers)
+        except UploadCutOff as exc:  # close the connection: uvicorn would read the rest of the body otherwise
+            return error_response(exc.status, exc.message, {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)  # nobody reads it; the image is queued again
         return Response(status_code=204)
@@ -191,6 +207,8 @@ class Api:
         try:
             await self.service.upload(principal_of(request), request.path_params["image_id"], request.stream(),
                                       request.headers)
+        except UploadCutOff as exc:
+            return error_response(exc.status, exc.message, {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)
         return Response(status_code=204)

@@ -43,3 +43,7 @@ class DatabaseUnavailable(RequestError):
     """The image records cannot be written now, e.g. their filesystem is full (503; the service goes on)."""
 
     status = 503
+
+
+class UploadCutOff(NotFound):
+    """The image was deleted during its upload (404); the answer closes the connection, the rest goes unread."""

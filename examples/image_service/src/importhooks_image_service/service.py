@@ -41,7 +41,7 @@ from importhooks.server.validation import import_claims, parse_import_request
 from .auth import require_trusted_upload
 from .config import Principal, ServiceConfig
 from .db import ImageDB, ImageRecord
-from .errors import DatabaseUnavailable, NotFound, StorageFull
+from .errors import DatabaseUnavailable, StorageFull, UploadCutOff
 from .finishing import NOT_RECORDED, Retrier
 from .jobs import job_from_json, job_to_json
 from .policy import ImagePolicy
@@ -70,8 +70,8 @@ def storage_full(exc: OSError) -> StorageFull | None:
     return None
 
 
-def _deleted_during_upload() -> NotFound:
-    return NotFound("The image was deleted during its upload.")
+def _deleted_during_upload() -> UploadCutOff:
+    return UploadCutOff("The image was deleted during its upload.")
 
 
 class ImageService(RecordCalls):
