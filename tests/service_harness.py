@@ -290,6 +290,21 @@ def upload_file(client: httpx.Client, image_id: str, data: bytes) -> httpx.Respo
     return client.put(f"/v2/images/{image_id}/file", content=data, headers={"Content-Type": "application/octet-stream"})
 
 
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+
+
+def patch_image(client: httpx.Client, image_id: str, changes: list[dict[str, Any]]) -> httpx.Response:
+    """``PATCH`` with Glance's JSON-patch media type."""
+    return client.patch(f"/v2/images/{image_id}", json=changes, headers={"Content-Type": PATCH_TYPE})
+
+
+def listed(client: httpx.Client, **params: str) -> set[str]:
+    """The ids ``GET /v2/images`` lists with ``params``."""
+    response = client.get("/v2/images", params=params)
+    assert response.status_code == 200, response.text
+    return {image["id"] for image in response.json()["images"]}
+
+
 def start_import(client: httpx.Client, image_id: str, body: Any = None) -> httpx.Response:
     return client.post(f"/v2/images/{image_id}/import", json=body or {"method": {"name": "glance-direct"}})
 
