@@ -11,6 +11,7 @@
 * ``PUT /v2/images/{id}/stage``: 204; stage data for import (503 while halted).
 * ``POST /v2/images/{id}/import``: 202; the import runs in the background.
 * ``PATCH /v2/images/{id}``: Glance's JSON-patch media types (:mod:`.patch`).
+* ``PUT`` / ``DELETE /v2/images/{id}/tags/{tag}``: add or remove one tag.
 * ``GET /v2/images/{id}/file``: the data, with ``Content-MD5`` (:mod:`.download`).
 * ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only, checked (:mod:`.trusted`).
 * ``GET /v2/schemas/images``: the schema of an image list.
@@ -181,6 +182,16 @@ class Api:
         record = self.service.update_image(principal, request.path_params["image_id"], body, kind)
         return JSONResponse(render_image(record))
 
+    async def add_tag(self, request: Request) -> Response:
+        self.service.set_tag(principal_of(request), request.path_params["image_id"], request.path_params["tag"],
+                             present=True)
+        return Response(status_code=204)
+
+    async def delete_tag(self, request: Request) -> Response:
+        self.service.set_tag(principal_of(request), request.path_params["image_id"], request.path_params["tag"],
+                             present=False)
+        return Response(status_code=204)
+
     async def download(self, request: Request) -> Response:
         record, data = self.service.open_data(principal_of(request), request.path_params["image_id"])
         return data_response(record, data)
@@ -265,6 +276,8 @@ def create_app(config: ServiceConfig, *, service: ImageService | None = None) ->
         Route("/v2/images/{image_id}", api.update, methods=["PATCH"]),
         Route("/v2/images/{image_id}", api.delete, methods=["DELETE"]),
         Route("/v2/images/{image_id}/file", api.download, methods=["GET"]),
+        Route("/v2/images/{image_id}/tags/{tag}", api.add_tag, methods=["PUT"]),
+        Route("/v2/images/{image_id}/tags/{tag}", api.delete_tag, methods=["DELETE"]),
         Route("/v2/images/{image_id}/stage", api.stage, methods=["PUT"]),
         Route("/v2/images/{image_id}/file", api.upload, methods=["PUT"]),
         Route("/v2/images/{image_id}/import", api.start_import, methods=["POST"]),

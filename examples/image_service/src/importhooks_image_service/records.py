@@ -30,6 +30,7 @@ from .validation import validate_new_image
 
 NOT_FOUND = "No image found with this ID."
 SHOWN_TO_ALL = ("public", "community")
+MAX_TAG = 255
 
 
 class RecordCalls:
@@ -97,6 +98,21 @@ class RecordCalls:
         if not self.db.update(record.id, expect=expect, properties=changes.properties, **changes.columns):
             raise Conflict("The image changed while this request ran; try again.")
         return self.get_image(principal, record.id)
+
+    def set_tag(self, principal: Principal, image_id: str, tag: str, *, present: bool) -> None:
+        """``PUT`` (``present``) or ``DELETE /v2/images/{id}/tags/{tag}``; 404 deleting a tag the image lacks."""
+        record = self.get_image(principal, image_id, "modify_image")
+        if not 0 < len(tag) <= MAX_TAG:
+            raise BadRequest(f"Tags have 1 to {MAX_TAG} characters.", field="tag")
+        if present:
+            tags = tuple(dict.fromkeys((*record.tags, tag)))
+        elif tag in record.tags:
+            tags = tuple(name for name in record.tags if name != tag)
+        else:
+            raise NotFound(f"Tag {tag} not found.")
+        live = [status.value for status in ImageStatus if status is not ImageStatus.DELETED]
+        if not self.db.update(record.id, expect=live, tags=tags):
+            raise NotFound(NOT_FOUND)
 
     def delete_image(self, principal: Principal, image_id: str) -> None:
         """``DELETE``: the record is marked deleted, uploads in flight cut off, staged and stored data removed.
