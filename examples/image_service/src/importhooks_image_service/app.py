@@ -12,6 +12,8 @@
 * ``POST /v2/images/{id}/import``: 202; the import runs in the background.
 * ``PATCH /v2/images/{id}``: Glance's JSON-patch media types (:mod:`.patch`).
 * ``PUT`` / ``DELETE /v2/images/{id}/tags/{tag}``: add or remove one tag.
+* ``/v2/images/{id}/members`` (``GET``, ``POST``) and ``.../members/{member}`` (``GET``, ``PUT``,
+  ``DELETE``): sharing (:mod:`.members`); ``GET /v2/schemas/member`` and ``/members``.
 * ``GET /v2/images/{id}/file``: the data, with ``Content-MD5`` (:mod:`.download`).
 * ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only, checked (:mod:`.trusted`).
 * ``GET /v2/schemas/images``: the schema of an image list.
@@ -54,6 +56,7 @@ from .documents import (
 )
 from .download import data_response
 from .errors import Unauthorized, UploadCutOff
+from .members import MEMBER_STATUSES, member_document, member_schema, members_schema
 from .patch import media_type
 from .service import ImageService
 
@@ -162,12 +165,17 @@ class Api:
         hidden = query.get("os_hidden", "false").strip().lower()
         if hidden not in ("true", "false"):
             raise BadRequest("Invalid os_hidden: must be true or false.", field="os_hidden")
+        member_status = query.get("member_status", "accepted")
+        if member_status not in (*MEMBER_STATUSES, "all"):
+            raise BadRequest(f"Invalid member_status: must be one of {', '.join(MEMBER_STATUSES)}, all.",
+                             field="member_status")
         visibility = query.get("visibility")
         if visibility is not None and visibility not in (*VISIBILITIES, "all"):
             raise BadRequest(f"Invalid visibility: must be one of {', '.join(VISIBILITIES)}, all.",
                              field="visibility")
         records = self.service.list_images(principal, visibility=visibility, name=query.get("name"),
-                                           status=query.get("status"), hidden=hidden == "true")
+                                           status=query.get("status"), hidden=hidden == "true",
+                                           member_status=member_status)
         return JSONResponse(images_document(records))
 
     async def show(self, request: Request) -> Response:
@@ -190,6 +198,47 @@ class Api:
     async def delete_tag(self, request: Request) -> Response:
         self.service.set_tag(principal_of(request), request.path_params["image_id"], request.path_params["tag"],
                              present=False)
+        return Response(status_code=204)
+
+    # -- members -----------------------------------------------------------------------
+
+    async def schema_member(self, request: Request) -> Response:
+        return JSONResponse(member_schema())
+
+    async def schema_members(self, request: Request) -> Response:
+        return JSONResponse(members_schema())
+
+    async def _json(self, request: Request) -> Any:
+        if not _is_json(request.headers.get("content-type")):
+            raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
+        return parse_json(await read_body(request.stream()), self.max_depth)
+
+    async def add_member(self, request: Request) -> Response:
+        principal = principal_of(request)
+        self.service.get_image(principal, request.path_params["image_id"])  # 404 before the body is read
+        member = self.service.add_member(principal, request.path_params["image_id"], await self._json(request))
+        return JSONResponse(member_document(member))
+
+    async def members(self, request: Request) -> Response:
+        members = self.service.list_members(principal_of(request), request.path_params["image_id"])
+        return JSONResponse({"members": [member_document(member) for member in members],
+                             "schema": "/v2/schemas/members"})
+
+    async def member(self, request: Request) -> Response:
+        member = self.service.get_member(principal_of(request), request.path_params["image_id"],
+                                         request.path_params["member_id"])
+        return JSONResponse(member_document(member))
+
+    async def update_member(self, request: Request) -> Response:
+        principal = principal_of(request)
+        self.service.get_image(principal, request.path_params["image_id"])
+        member = self.service.update_member(principal, request.path_params["image_id"],
+                                            request.path_params["member_id"], await self._json(request))
+        return JSONResponse(member_document(member))
+
+    async def delete_member(self, request: Request) -> Response:
+        self.service.delete_member(principal_of(request), request.path_params["image_id"],
+                                   request.path_params["member_id"])
         return Response(status_code=204)
 
     async def download(self, request: Request) -> Response:
@@ -278,6 +327,13 @@ def create_app(config: ServiceConfig, *, service: ImageService | None = None) ->
         Route("/v2/images/{image_id}/file", api.download, methods=["GET"]),
         Route("/v2/images/{image_id}/tags/{tag}", api.add_tag, methods=["PUT"]),
         Route("/v2/images/{image_id}/tags/{tag}", api.delete_tag, methods=["DELETE"]),
+        Route("/v2/images/{image_id}/members", api.members, methods=["GET"]),
+        Route("/v2/images/{image_id}/members", api.add_member, methods=["POST"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.member, methods=["GET"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.update_member, methods=["PUT"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.delete_member, methods=["DELETE"]),
+        Route("/v2/schemas/member", api.schema_member, methods=["GET"]),
+        Route("/v2/schemas/members", api.schema_members, methods=["GET"]),
         Route("/v2/images/{image_id}/stage", api.stage, methods=["PUT"]),
         Route("/v2/images/{image_id}/file", api.upload, methods=["PUT"]),
         Route("/v2/images/{image_id}/import", api.start_import, methods=["POST"]),

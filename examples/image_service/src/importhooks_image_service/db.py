@@ -53,8 +53,21 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_owner ON images (owner, name);
 CREATE INDEX IF NOT EXISTS images_status ON images (status);
+CREATE TABLE IF NOT EXISTS image_members (
+    image_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (image_id, member_id)
+);
+CREATE INDEX IF NOT EXISTS image_members_member ON image_members (member_id, status);
 """
 
+#: The shared images a project is a member of (any membership, or one status).
+_SHARED_ANY = "(visibility = 'shared' AND id IN (SELECT image_id FROM image_members WHERE member_id = ?))"
+_SHARED_WITH_STATUS = ("(visibility = 'shared' AND id IN (SELECT image_id FROM image_members WHERE member_id = ? "
+                       "AND status = ?))")
 _JSON_COLUMNS = frozenset({"tags", "properties", "import_job"})
 _BOOL_COLUMNS = frozenset({"protected", "os_hidden"})
 
@@ -94,6 +107,17 @@ class ImageRecord:
 
 
 COLUMNS: tuple[str, ...] = tuple(ImageRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A project an image is shared with, and whether it accepted (``pending``, ``accepted``, ``rejected``)."""
+
+    image_id: str
+    member_id: str
+    status: str
+    created_at: str
+    updated_at: str
 
 
 def _to_sql(column: str, value: Any) -> Any:
@@ -144,6 +168,8 @@ class ImageDB:
         with self._lock:
             try:
                 yield self._conn
+            except sqlite3.IntegrityError:
+                raise  # a constraint, not the database: the caller answers it
             except sqlite3.Error as exc:
                 log.error("image records: %s", exc)
                 if self._conn.in_transaction:
@@ -169,27 +195,35 @@ class ImageDB:
         return _from_row(row) if row is not None else None
 
     def listing(self, project: str, *, admin: bool = False, visibility: str | None = None,
-                name: str | None = None, status: str | None = None, hidden: bool = False) -> list[ImageRecord]:
+                name: str | None = None, status: str | None = None, hidden: bool = False,
+                member_status: str = "accepted") -> list[ImageRecord]:
         """The images ``project`` sees in a list, as Glance lists them, newest first; never deleted ones.
 
         Without ``visibility``: the project's own images and the public ones (an admin: every
         image); ``community`` images are listed only when asked for (``visibility=community`` or
-        ``all``); ``private`` and ``shared`` select among the project's own. ``hidden``: only the
-        ``os_hidden`` images, else only the others.
+        ``all``); ``private`` selects among the project's own; ``shared`` images are listed for their
+        owner and for the members whose membership has ``member_status`` (``all``: any). ``hidden``:
+        only the ``os_hidden`` images, else only the others.
         """
         query = "SELECT * FROM images WHERE status != 'deleted' AND os_hidden = ?"
         args: list[Any] = [int(hidden)]
+        # Placeholders only: the text is one of two constants.
+        shared = _SHARED_ANY if member_status == "all" else _SHARED_WITH_STATUS
+        shared_args = [project] if member_status == "all" else [project, member_status]
         if visibility is None:
             if not admin:
-                query += " AND (owner = ? OR visibility = 'public')"
-                args.append(project)
+                query += f" AND (owner = ? OR visibility = 'public' OR {shared})"
+                args.extend([project, *shared_args])
         elif visibility == "all":
             if not admin:
-                query += " AND (owner = ? OR visibility IN ('public', 'community'))"
-                args.append(project)
+                query += f" AND (owner = ? OR visibility IN ('public', 'community') OR {shared})"
+                args.extend([project, *shared_args])
         elif visibility in ("public", "community"):
             query += " AND visibility = ?"
             args.append(visibility)
+        elif visibility == "shared" and not admin:
+            query += f" AND ((visibility = 'shared' AND owner = ?) OR {shared})"
+            args.extend([project, *shared_args])
         else:
             query += " AND visibility = ?" + ("" if admin else " AND owner = ?")
             args.extend([visibility] if admin else [visibility, project])
@@ -231,3 +265,37 @@ class ImageDB:
             args.extend(statuses)
         with self._locked() as conn:
             return conn.execute(query, args).rowcount == 1
+
+    # -- image members ---------------------------------------------------------------------------
+
+    def add_member(self, member: Member) -> bool:
+        """Insert ``member``; ``False`` if the project is a member already."""
+        try:
+            with self._locked() as conn:
+                conn.execute("INSERT INTO image_members (image_id, member_id, status, created_at, updated_at) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (member.image_id, member.member_id, member.status, member.created_at, member.updated_at))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def members(self, image_id: str, member_id: str | None = None) -> list[Member]:
+        """The members of ``image_id`` (only ``member_id``'s membership, if given), oldest first."""
+        query = "SELECT * FROM image_members WHERE image_id = ?"
+        args = [image_id]
+        if member_id is not None:
+            query += " AND member_id = ?"
+            args.append(member_id)
+        with self._locked() as conn:
+            rows = conn.execute(query + " ORDER BY created_at, member_id", args).fetchall()
+        return [Member(**{key: row[key] for key in Member.__dataclass_fields__}) for row in rows]
+
+    def set_member_status(self, image_id: str, member_id: str, status: str) -> bool:
+        with self._locked() as conn:
+            return conn.execute("UPDATE image_members SET status = ?, updated_at = ? WHERE image_id = ? "
+                                "AND member_id = ?", (status, now(), image_id, member_id)).rowcount == 1
+
+    def delete_member(self, image_id: str, member_id: str) -> bool:
+        with self._locked() as conn:
+            return conn.execute("DELETE FROM image_members WHERE image_id = ? AND member_id = ?",
+                                (image_id, member_id)).rowcount == 1

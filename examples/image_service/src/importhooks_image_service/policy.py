@@ -4,7 +4,8 @@ An operator reuses the policy file of their Glance (``policy_file`` in the servi
 configuration, YAML or JSON, as oslo.policy reads it): the rules an image call checks have
 Glance's names (``add_image``, ``get_image``, ``get_images``, ``modify_image``,
 ``delete_image``, ``upload_image``, ``download_image``, ``publicize_image``,
-``communitize_image``) and, unless the file overrides them, Glance's secure-RBAC defaults.
+``communitize_image``, ``add_member``, ``get_member``, ``get_members``, ``modify_member``,
+``delete_member``) and, unless the file overrides them, Glance's secure-RBAC defaults.
 ``import_image`` is this service's own rule for ``PUT /stage`` and ``POST /import``
 (Glance checks ``modify_image`` there); its default is ``rule:modify_image``, so a file
 written for Glance keeps working, and a site restricts image import to some roles by
@@ -54,6 +55,14 @@ DEFAULT_RULES: dict[str, tuple[str, str]] = {
     "communitize_image": (ADMIN_OR_MEMBER, "Make an image a community image."),
     "import_image": ("rule:modify_image", "Stage data and import it (this service's rule; Glance checks "
                                           "modify_image)."),
+    "add_member": (ADMIN_OR_MEMBER, "Share an image with a project."),
+    "delete_member": (ADMIN_OR_MEMBER, "Stop sharing an image with a project."),
+    "get_member": (f"{ADMIN} or role:reader and (project_id:%(project_id)s or project_id:%(member_id)s)",
+                   "Show an image member."),
+    "get_members": (f"{ADMIN} or role:reader and (project_id:%(project_id)s or project_id:%(member_id)s)",
+                    "List an image's members."),
+    "modify_member": (f"{ADMIN} or (role:member and project_id:%(member_id)s)",
+                      "Accept or reject an image shared with the caller's project."),
 }
 
 _FORBIDDEN = {
@@ -66,6 +75,11 @@ _FORBIDDEN = {
     "publicize_image": "You are not allowed to make images public (by default only administrators may).",
     "communitize_image": "You are not allowed to make images community images.",
     "import_image": "You are not allowed to import image data.",
+    "add_member": "You are not allowed to share this image.",
+    "delete_member": "You are not allowed to change who this image is shared with.",
+    "get_member": "You are not allowed to see this image's members.",
+    "get_members": "You are not allowed to see this image's members.",
+    "modify_member": "Only the member project itself accepts or rejects a shared image.",
 }
 
 

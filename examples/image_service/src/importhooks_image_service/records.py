@@ -22,6 +22,7 @@ from importhooks.server.status import Call, ImageStatus, check
 from .config import Principal
 from .db import ImageDB, ImageRecord, now
 from .errors import Conflict, Forbidden, NotFound
+from .members import MemberCalls
 from .patch import apply_patch
 from .policy import ImagePolicy, target
 from .store import ImageStore
@@ -33,7 +34,7 @@ SHOWN_TO_ALL = ("public", "community")
 MAX_TAG = 255
 
 
-class RecordCalls:
+class RecordCalls(MemberCalls):
     """Mixed into :class:`~importhooks_image_service.service.ImageService`, which sets these attributes."""
 
     settings: Settings
@@ -68,22 +69,26 @@ class RecordCalls:
         record = self.db.get(key)
         if record is None or record.status == ImageStatus.DELETED.value:
             raise NotFound(NOT_FOUND)
-        seen = (record.owner == principal.project or record.visibility in SHOWN_TO_ALL
+        member = self.is_member(record, principal)
+        seen = (record.owner == principal.project or record.visibility in SHOWN_TO_ALL or member
                 or self.policy.is_admin(principal))
-        if not seen or not self.policy.allows("get_image", principal, target(record, principal)):
+        if not seen or not self.policy.allows("get_image", principal, target(record, principal, member=member)):
             raise NotFound(NOT_FOUND)
         if rule is not None:
-            self.policy.enforce(rule, principal, target(record, principal))
+            self.policy.enforce(rule, principal, target(record, principal, member=member))
         return record
 
+
     def list_images(self, principal: Principal, *, visibility: str | None = None, name: str | None = None,
-                    status: str | None = None, hidden: bool = False) -> list[ImageRecord]:
+                    status: str | None = None, hidden: bool = False,
+                    member_status: str = "accepted") -> list[ImageRecord]:
         """``GET /v2/images``: what the caller sees, as Glance lists it (see :meth:`ImageDB.listing`)."""
         self.policy.enforce("get_images", principal, target(None, principal))
         records = self.db.listing(principal.project, admin=self.policy.is_admin(principal), visibility=visibility,
-                                  name=name, status=status, hidden=hidden)
-        return [record for record in records
-                if self.policy.allows("get_image", principal, target(record, principal))]
+                                  name=name, status=status, hidden=hidden, member_status=member_status)
+        # Shared images of other projects are listed only through a membership (the query's).
+        return [record for record in records if self.policy.allows("get_image", principal, target(
+            record, principal, member=record.visibility == "shared" and record.owner != principal.project))]
 
     def update_image(self, principal: Principal, image_id: str, body: Any, kind: str) -> ImageRecord:
         """``PATCH``: apply the JSON patch (:mod:`.patch`); ``modify_image``, and the visibility rules."""
