@@ -18,6 +18,7 @@ import pytest
 from importhooks.server.runner import INTERRUPTED
 
 from .service_harness import (
+    ADMIN,
     ALICE,
     MiB,
     RawUpload,
@@ -208,7 +209,7 @@ def test_a_restart_after_an_unrecorded_finish_leaves_no_orphan_and_nothing_impor
 
 @pytest.mark.parametrize("path", ["stage", "file"])
 def test_deleting_an_image_cuts_its_upload_off(service: ServiceProcess, path: str) -> None:
-    token = ALICE if path == "stage" else "admin-token"
+    token = ALICE if path == "stage" else ADMIN
     with service.client(token) as client:
         image_id = new_image(client, unique(f"deleted-while-{path}"))["id"]
         # 64 KiB every 0.1 s: 60 s for the whole body, unless the delete cuts it off.
@@ -237,3 +238,28 @@ def test_deleting_an_image_cuts_its_upload_off(service: ServiceProcess, path: st
         assert service.staged(image_id) == []
         assert not (service.store_dir / image_id).exists()
         assert not list((service.data_dir / "uploads").glob(f"*{image_id}*"))
+
+
+def test_deleting_an_image_while_its_trusted_upload_is_checked_stores_nothing(service: ServiceProcess) -> None:
+    name = unique("slow-3-checked-then-deleted")  # the test plugin slows the checks by 3 s
+    with service.client(ADMIN) as admin:
+        image_id = new_image(admin, name)["id"]
+        upload = RawUpload(service, "PUT", f"/v2/images/{image_id}/file", ADMIN,
+                           {"Content-Type": "application/octet-stream", "Content-Length": str(MiB)},
+                           [(b"\0" * MiB, 0.0)])
+        try:
+            service.wait_for_event(lambda e: e["event"] == "image.import.started" and e["name"] == name)
+            assert admin.delete(f"/v2/images/{image_id}").status_code == 204
+            cut = time.monotonic()
+            status, body = upload.answer()
+            assert time.monotonic() - cut < 2  # not after the 3 s of checks
+            assert status in (404, None), body
+        finally:
+            upload.close()
+        # The checks finish in their thread and find the image gone: nothing is stored.
+        service.wait_for_event(lambda e: e["event"] == "image.import.finished" and e["name"] == name)
+        time.sleep(1.0)
+        assert not (service.store_dir / image_id).exists()
+        assert list((service.data_dir / "uploads").iterdir()) == []
+        assert_error(admin.get(f"/v2/images/{image_id}"), 404)
+    assert "Traceback" not in service.log_tail(100_000)

@@ -167,6 +167,8 @@ class ImageService(RecordCalls):
         with self.uploads.track(image_id) as cancelled:
             try:
                 return await run_cancellable(work, cancelled, _deleted_during_upload)
+            except ImageGone:  # deleted while the trusted path's checks ran
+                raise _deleted_during_upload() from None
             except OSError as exc:
                 full = storage_full(exc)
                 if full is None:
@@ -211,8 +213,8 @@ class ImageService(RecordCalls):
             raise self._conflict(record.id, Call.UPLOAD)
         try:
             if self.trusted is not None:
-                checked = await self._receive(record.id, self.trusted.receive_and_check(record, principal, chunks,
-                                                                                        declared))
+                checked = await self._receive(record.id, self.trusted.receive_and_check(
+                    record, principal, chunks, declared, lambda: self._has_status(record.id, ImageStatus.SAVING)))
                 columns, properties = self._split_fields(record, checked.fields)
             else:
                 stored = await self._receive(record.id, self.store.receive(record.id, chunks, declared_size=declared))
@@ -235,6 +237,10 @@ class ImageService(RecordCalls):
             self.store.delete(record.id)  # deleted while it uploaded
             raise self._conflict(record.id, Call.UPLOAD)
         return self.get_image(principal, record.id)
+
+    def _has_status(self, image_id: str, status: ImageStatus) -> bool:
+        record = self.db.get(image_id)
+        return record is not None and record.status == status.value
 
     def _split_fields(self, record: ImageRecord, fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         """An accepted run's fields as image columns, and the image's properties with the verified ones."""

@@ -16,15 +16,16 @@ the store only when accepted; it is removed in every case.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from importhooks import Pipeline, Settings
-from importhooks.errors import BadRequest
+from importhooks.errors import BadRequest, ImageGone
 from importhooks.request import Claims, ImportRequest, Requester
+from importhooks.result import ImportResult
 from importhooks.server.runner import image_fields
 from importhooks.server.staging import StagingArea
 
@@ -63,20 +64,40 @@ class TrustedUploads:
                 removed += 1
         return removed
 
+    def _store(self, image_id: str, path: Path, wanted: Callable[[], bool]) -> None:
+        """Move accepted data in, unless the image went away meanwhile (checked before and after the move,
+        so a delete racing the run's thread never leaves a stored file behind)."""
+        if not wanted():
+            raise ImageGone(image_id)
+        self.store.put(image_id, path)
+        if not wanted():
+            self.store.delete(image_id)
+            raise ImageGone(image_id)
+
+    def _check(self, request: ImportRequest, image_id: str, wanted: Callable[[], bool]) -> ImportResult:
+        try:
+            return self.pipeline.run(request, store=lambda path: self._store(image_id, path, wanted))
+        finally:
+            self.area.discard(image_id)
+
     async def receive_and_check(self, record: ImageRecord, principal: Principal, chunks: AsyncIterable[bytes],
-                                declared_size: int | None) -> CheckedUpload:
-        """Write, check and store the data of ``record``; :class:`UploadRejected` when the checks refuse it."""
+                                declared_size: int | None, wanted: Callable[[], bool]) -> CheckedUpload:
+        """Write, check and store the data of ``record``; :class:`UploadRejected` when the checks refuse it.
+
+        ``wanted`` tells whether the image still waits for this data (the run goes on in its thread
+        if the request is cut off)."""
         try:
             await self.area.receive(record.id, chunks, declared_size=declared_size)
-            claims = Claims(disk_format=record.disk_format, container_format=record.container_format,
-                            os_type=record.properties.get("os_type"),
-                            properties=MappingProxyType({"name": record.name or ""}))
-            request = ImportRequest(self.area.path(record.id), claims,
-                                    Requester(principal.user, principal.project, principal.roles))
-            result = await asyncio.to_thread(self.pipeline.run, request,
-                                             store=lambda path: self.store.put(record.id, path))
-        finally:
+        except BaseException:
             self.area.discard(record.id)
+            raise
+        claims = Claims(disk_format=record.disk_format, container_format=record.container_format,
+                        os_type=record.properties.get("os_type"),
+                        properties=MappingProxyType({"name": record.name or ""}))
+        request = ImportRequest(self.area.path(record.id), claims,
+                                Requester(principal.user, principal.project, principal.roles))
+        # The thread removes the data when its run ends, also when this request is cut off meanwhile.
+        result = await asyncio.to_thread(self._check, request, record.id, wanted)
         if not result.accepted:
             raise UploadRejected(result.user_message or "The image data was rejected.", field="data")
         return CheckedUpload(image_fields(result))
