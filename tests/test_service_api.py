@@ -110,8 +110,10 @@ def test_an_endpoint_without_v2_gets_glances_version_choices(service: ServicePro
             assert response.json()["versions"][0]["links"][0]["href"] == f"{service.url}/v2/"
     home = tmp_path / "home"
     home.mkdir()
+    # Measured against a Glance 33 (glance.wsgi.api served on 127.0.0.1): GET and POST /images answered
+    # 300, `image list` failed printing 'images', as here; with URL/v2 the calls reached /v2/images.
     run = openstack_cli(service.url, ALICE, home, "image", "list")
-    assert run.returncode != 0
+    assert run.returncode != 0 and "'images'" in run.stdout + run.stderr
     assert "Traceback" not in service.log_tail(100_000)
 
 
