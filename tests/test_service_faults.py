@@ -93,8 +93,10 @@ def test_deeply_nested_bodies_are_400_not_500(service: ServiceProcess, depth: in
         patch = b"[" * depth + b"]" * depth
         assert_error(alice.patch(f"/v2/images/{image_id}", content=patch, headers={
             "Content-Type": "application/openstack-images-v2.1-json-patch"}), 400, "deeper")
-        # Brackets inside strings do not count, and a body within the depth reaches validation.
+        # Brackets inside strings do not count (escaped quotes do not end a string), and a body within the
+        # depth reaches validation.
         assert alice.post("/v2/images", json={"name": "[" * 200, "disk_format": "raw"}).status_code == 201
+        assert alice.post("/v2/images", json={"name": '\\"' + "[" * 100, "tags": ['"{' * 50]}).status_code == 201
         assert_error(alice.post("/v2/images", content=nested(31), headers=headers), 400, "Invalid name")
         assert status_of(alice, image_id) == "queued"
 
