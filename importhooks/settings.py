@@ -170,8 +170,14 @@ class Settings:
     )
 
     def is_protected(self, name: str) -> bool:
-        """Whether the image property ``name`` is one only plugins may set (``protected_properties``)."""
-        return any(name.startswith(p[:-1]) if p.endswith("*") else name == p for p in self.protected_properties)
+        """Whether the image property ``name`` is one only plugins may set (``protected_properties``).
+
+        Names compare case-insensitively: ``IMPORTHOOKS_os_type_detected`` is as protected as
+        ``importhooks_os_type_detected`` (a consumer may not tell them apart).
+        """
+        folded = name.casefold()
+        return any(folded.startswith(p[:-1].casefold()) if p.endswith("*") else folded == p.casefold()
+                   for p in self.protected_properties)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -14,13 +14,10 @@ every import event to a file, from which the caps on concurrent imports are chec
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openstack
 import openstack.exceptions
 import pytest
@@ -41,10 +37,27 @@ from importhooks.settings import settings_from_mapping
 
 from . import compression_images as ci
 from . import guest_images, images, ova_images
-from .service_harness import ADMIN, ALICE, BOB, PROJECT, SERVICE_BIN, ServiceProcess
+from .service_harness import (
+    ADMIN,
+    ALICE,
+    BOB,
+    PROJECT,
+    SERVICE_BIN,
+    MiB,
+    ServiceProcess,
+    assert_error,
+    glance,
+    md5,
+    new_image,
+    sdk,
+    sha512,
+    stage,
+    start_import,
+    status_of,
+    unique,
+    upload_file,
+)
 
-GLANCE = Path(sys.executable).parent / "glance"
-MiB = 1 << 20
 UPLOAD_LIMIT = 32 * MiB  # max_upload_bytes of the tests' service
 HALTED_MESSAGE = "Image import is halted by the operator; try again later."  # pipeline.halted's summary
 
@@ -68,59 +81,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
 def raw_disk(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A benign 1 MiB raw disk (all zeros: nothing tells its OS, so an os_type claim is accepted unverified)."""
     return images.raw_image(tmp_path_factory.mktemp("raw") / "disk.raw", MiB).read_bytes()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def new_image(client: httpx.Client, name: str, disk_format: str = "raw", container_format: str = "bare",
-              **extra: Any) -> dict[str, Any]:
-    body = {"name": name, "disk_format": disk_format, "container_format": container_format, "os_type": "linux"}
-    body.update(extra)
-    response = client.post("/v2/images", json=body)
-    assert response.status_code == 201, response.text
-    image: dict[str, Any] = response.json()
-    return image
-
-
-def stage(client: httpx.Client, image_id: str, data: bytes) -> httpx.Response:
-    return client.put(f"/v2/images/{image_id}/stage", content=data,
-                      headers={"Content-Type": "application/octet-stream"})
-
-
-def start_import(client: httpx.Client, image_id: str, body: Any = None) -> httpx.Response:
-    return client.post(f"/v2/images/{image_id}/import", json=body or {"method": {"name": "glance-direct"}})
-
-
-def status_of(client: httpx.Client, image_id: str) -> str:
-    response = client.get(f"/v2/images/{image_id}")
-    assert response.status_code == 200, response.text
-    return str(response.json()["status"])
-
-
-def assert_error(response: httpx.Response, status: int, *words: str) -> str:
-    """The response is Glance's error shape with ``status``, and its message holds ``words``; the message."""
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == status
-    assert error["title"]
-    for word in words:
-        assert word in error["message"], error["message"]
-    return str(error["message"])
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def sha512(data: bytes) -> str:
-    return hashlib.sha512(data).hexdigest()
-
-
-def sdk(service: ServiceProcess, token: str) -> openstack.connection.Connection:
-    return openstack.connection.Connection(auth_type="admin_token", auth={"endpoint": service.url, "token": token},
-                                           image_endpoint_override=service.url)
 
 
 # -- the package and its configuration ------------------------------------------------------
@@ -256,27 +216,6 @@ def test_import_request_is_validated_naming_the_field(service: ServiceProcess, r
 
 
 # -- python-glanceclient's CLI ---------------------------------------------------------------
-
-
-def _close_stdin() -> None:
-    os.close(0)
-
-
-def glance(service: ServiceProcess, token: str, home: Path, *args: str, stdin_closed: bool = True,
-           ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``glance`` CLI against the service, with its own ``$HOME`` (its schema cache).
-
-    stdin is *closed* (as ``glance ... <&-`` does): the CLI treats a stdin that is not a TTY
-    as image data, and refuses ``--file`` together with it ("cannot use both --file and
-    stdin"), which is what pytest's captured or /dev/null stdin would be.
-    """
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OS_")}
-    env["HOME"] = str(home)
-    command = [str(GLANCE), "--os-image-url", service.url, "--os-auth-token", token, *args]
-    if stdin_closed:
-        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120,
-                              preexec_fn=_close_stdin)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
 
 
 def test_glance_cli_image_create_via_import(service: ServiceProcess, tmp_path: Path) -> None:
@@ -478,17 +417,17 @@ def test_calls_in_the_wrong_status_are_409(service: ServiceProcess, raw_disk: by
         assert status_of(admin, image_id) == "importing"
         assert_error(start_import(admin, image_id), 409, "being imported")  # import twice
         assert_error(stage(admin, image_id, raw_disk), 409, "being imported")  # stage while importing
-        assert_error(admin.put(f"/v2/images/{image_id}/file", content=raw_disk), 409, "being imported")
+        assert_error(upload_file(admin, image_id, raw_disk), 409, "being imported")
 
         image = service.wait_for_image(ADMIN, image_id)
         assert image["status"] == "active", image
         for response in (stage(admin, image_id, raw_disk), start_import(admin, image_id),
-                         admin.put(f"/v2/images/{image_id}/file", content=raw_disk)):
+                         upload_file(admin, image_id, raw_disk)):
             assert_error(response, 409, "active")  # active images are immutable
 
         # The trusted upload path is for admins and services only.
         mine = new_image(alice, unique("member-file"))["id"]
-        assert_error(alice.put(f"/v2/images/{mine}/file", content=raw_disk), 403, "administrators")
+        assert_error(upload_file(alice, mine, raw_disk), 403, "administrators")
         assert status_of(alice, mine) == "queued"
 
 

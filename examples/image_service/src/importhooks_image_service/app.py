@@ -10,7 +10,13 @@
 * ``DELETE /v2/images/{id}``: 204; staged and stored data removed.
 * ``PUT /v2/images/{id}/stage``: 204; stage data for import (503 while halted).
 * ``POST /v2/images/{id}/import``: 202; the import runs in the background.
-* ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only.
+* ``PATCH /v2/images/{id}``: Glance's JSON-patch media types (:mod:`.patch`).
+* ``PUT`` / ``DELETE /v2/images/{id}/tags/{tag}``: add or remove one tag.
+* ``/v2/images/{id}/members`` (``GET``, ``POST``) and ``.../members/{member}`` (``GET``, ``PUT``,
+  ``DELETE``): sharing (:mod:`.members`); ``GET /v2/schemas/member`` and ``/members``.
+* ``GET /v2/images/{id}/file``: the data, with ``Content-MD5`` (:mod:`.download`).
+* ``PUT /v2/images/{id}/file``: 204; the trusted upload, admin or service role only, checked (:mod:`.trusted`).
+* ``GET /v2/schemas/images``: the schema of an image list.
 
 Every other ``/v2/`` request needs a known ``X-Auth-Token`` too (401). Every error is
 ``{"error": {"message", "code", "title"}}``; a kit :class:`~importhooks.errors.RequestError`
@@ -19,7 +25,6 @@ maps by its ``.status``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,15 +42,26 @@ from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
 from importhooks.server.discovery import create_headers, import_info, import_schema
 
 from .auth import TOKEN_HEADER, TokenAuth
+from .bodies import check_depth, parse_json, read_body
 from .config import Principal, ServiceConfig
-from .documents import base_url, error_document, image_schema, images_document, render_image, versions_document
-from .errors import Unauthorized
+from .documents import (
+    VISIBILITIES,
+    base_url,
+    error_document,
+    image_schema,
+    images_document,
+    images_schema,
+    render_image,
+    versions_document,
+)
+from .download import data_response
+from .errors import Unauthorized, UploadCutOff
+from .members import MEMBER_STATUSES, member_document, member_schema, members_schema
+from .patch import media_type
 from .service import ImageService
 
 log = logging.getLogger(__name__)
 
-#: Largest JSON request body read (create, import), in bytes.
-MAX_JSON_BODY = 64 << 10
 _PRINCIPAL = "importhooks_principal"
 
 
@@ -53,15 +69,29 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse(error_document(status, message), status_code=status, headers=headers)
 
 
+def _versioned(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
 class TokenMiddleware:
-    """401 for any ``/v2/`` request without a known ``X-Auth-Token``; the principal goes in the scope."""
+    """401 for any ``/v2/`` request without a known ``X-Auth-Token``; the principal goes in the scope.
+
+    A path outside ``/v2/`` (but ``/`` and ``/versions``) is answered 300 with the version
+    document, as Glance's version negotiation does: ``openstack --os-endpoint URL`` (no ``/v2``)
+    gets the same answer as from Glance, and works, as with Glance, with ``--os-endpoint URL/v2``.
+    """
 
     def __init__(self, app: ASGIApp, auth: TokenAuth) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/v2" or scope["path"].startswith("/v2/")):
+        if scope["type"] == "http" and scope["path"] not in ("/", "/versions") and not _versioned(scope["path"]):
+            # Glance's version negotiation: a path naming no API version gets the version choices.
+            base = base_url(str(Request(scope).base_url))
+            await JSONResponse(versions_document(base), status_code=300)(scope, receive, send)
+            return
+        if scope["type"] == "http" and _versioned(scope["path"]):
             try:
                 scope[_PRINCIPAL] = self.auth.authenticate(Headers(scope=scope).get(TOKEN_HEADER))
             except Unauthorized as exc:
@@ -77,20 +107,15 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-async def read_json_body(request: Request, limit: int = MAX_JSON_BODY) -> bytes:
-    """The request body, refused (400) past ``limit`` bytes without reading further."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"The request body is larger than {limit} bytes.", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _is_json(content_type: str | None) -> bool:
     return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
+
+
+def require_octet_stream(request: Request) -> None:
+    """415 for image data sent as anything but ``application/octet-stream``, or untyped (as Glance)."""
+    content_type = request.headers.get("content-type") or ""
+    if content_type.split(";", 1)[0].strip().lower() != "application/octet-stream":
+        raise UnsupportedMediaType("Image data must be sent as application/octet-stream.")
 
 
 class Api:
@@ -98,6 +123,7 @@ class Api:
 
     def __init__(self, service: ImageService) -> None:
         self.service = service
+        self.max_depth = service.config.max_json_depth
 
     # -- discovery -------------------------------------------------------------------
 
@@ -109,6 +135,9 @@ class Api:
 
     async def schema_image(self, request: Request) -> Response:
         return JSONResponse(image_schema(self.service.settings))
+
+    async def schema_images(self, request: Request) -> Response:
+        return JSONResponse(images_schema(self.service.settings))
 
     async def schema_import(self, request: Request) -> Response:
         return JSONResponse(import_schema(self.service.settings))
@@ -122,11 +151,7 @@ class Api:
         principal = principal_of(request)
         if not _is_json(request.headers.get("content-type")):
             raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
-        raw = await read_json_body(request)
-        try:
-            body: Any = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The request body is not valid JSON.", field="body") from None
+        body: Any = parse_json(await read_body(request.stream()), self.max_depth)
         record = self.service.create_image(principal, body)
         image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
         # The SDK imports only when the 201 names the method; none while halted.
@@ -140,13 +165,85 @@ class Api:
         hidden = query.get("os_hidden", "false").strip().lower()
         if hidden not in ("true", "false"):
             raise BadRequest("Invalid os_hidden: must be true or false.", field="os_hidden")
-        records = self.service.list_images(principal, name=query.get("name"), status=query.get("status"),
-                                           hidden=hidden == "true")
+        member_status = query.get("member_status", "accepted")
+        if member_status not in (*MEMBER_STATUSES, "all"):
+            raise BadRequest(f"Invalid member_status: must be one of {', '.join(MEMBER_STATUSES)}, all.",
+                             field="member_status")
+        visibility = query.get("visibility")
+        if visibility is not None and visibility not in (*VISIBILITIES, "all"):
+            raise BadRequest(f"Invalid visibility: must be one of {', '.join(VISIBILITIES)}, all.",
+                             field="visibility")
+        records = self.service.list_images(principal, visibility=visibility, name=query.get("name"),
+                                           status=query.get("status"), hidden=hidden == "true",
+                                           member_status=member_status)
         return JSONResponse(images_document(records))
 
     async def show(self, request: Request) -> Response:
         record = self.service.get_image(principal_of(request), request.path_params["image_id"])
         return JSONResponse(render_image(record))
+
+    async def update(self, request: Request) -> Response:
+        principal = principal_of(request)
+        kind = media_type(request.headers.get("content-type"))
+        self.service.get_image(principal, request.path_params["image_id"])  # 404 before the body is read
+        body: Any = parse_json(await read_body(request.stream()), self.max_depth)
+        record = self.service.update_image(principal, request.path_params["image_id"], body, kind)
+        return JSONResponse(render_image(record))
+
+    async def add_tag(self, request: Request) -> Response:
+        self.service.set_tag(principal_of(request), request.path_params["image_id"], request.path_params["tag"],
+                             present=True)
+        return Response(status_code=204)
+
+    async def delete_tag(self, request: Request) -> Response:
+        self.service.set_tag(principal_of(request), request.path_params["image_id"], request.path_params["tag"],
+                             present=False)
+        return Response(status_code=204)
+
+    # -- members -----------------------------------------------------------------------
+
+    async def schema_member(self, request: Request) -> Response:
+        return JSONResponse(member_schema())
+
+    async def schema_members(self, request: Request) -> Response:
+        return JSONResponse(members_schema())
+
+    async def _json(self, request: Request) -> Any:
+        if not _is_json(request.headers.get("content-type")):
+            raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
+        return parse_json(await read_body(request.stream()), self.max_depth)
+
+    async def add_member(self, request: Request) -> Response:
+        principal = principal_of(request)
+        self.service.get_image(principal, request.path_params["image_id"])  # 404 before the body is read
+        member = self.service.add_member(principal, request.path_params["image_id"], await self._json(request))
+        return JSONResponse(member_document(member))
+
+    async def members(self, request: Request) -> Response:
+        members = self.service.list_members(principal_of(request), request.path_params["image_id"])
+        return JSONResponse({"members": [member_document(member) for member in members],
+                             "schema": "/v2/schemas/members"})
+
+    async def member(self, request: Request) -> Response:
+        member = self.service.get_member(principal_of(request), request.path_params["image_id"],
+                                         request.path_params["member_id"])
+        return JSONResponse(member_document(member))
+
+    async def update_member(self, request: Request) -> Response:
+        principal = principal_of(request)
+        self.service.get_image(principal, request.path_params["image_id"])
+        member = self.service.update_member(principal, request.path_params["image_id"],
+                                            request.path_params["member_id"], await self._json(request))
+        return JSONResponse(member_document(member))
+
+    async def delete_member(self, request: Request) -> Response:
+        self.service.delete_member(principal_of(request), request.path_params["image_id"],
+                                   request.path_params["member_id"])
+        return Response(status_code=204)
+
+    async def download(self, request: Request) -> Response:
+        record, data = self.service.open_data(principal_of(request), request.path_params["image_id"])
+        return data_response(record, data)
 
     async def delete(self, request: Request) -> Response:
         self.service.delete_image(principal_of(request), request.path_params["image_id"])
@@ -155,17 +252,23 @@ class Api:
     # -- data and import -------------------------------------------------------------
 
     async def stage(self, request: Request) -> Response:
+        require_octet_stream(request)
         try:
             await self.service.stage(principal_of(request), request.path_params["image_id"], request.stream(),
                                      request.headers)
+        except UploadCutOff as exc:  # close the connection: uvicorn would read the rest of the body otherwise
+            return error_response(exc.status, exc.message, {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)  # nobody reads it; the image is queued again
         return Response(status_code=204)
 
     async def upload(self, request: Request) -> Response:
+        require_octet_stream(request)
         try:
             await self.service.upload(principal_of(request), request.path_params["image_id"], request.stream(),
                                       request.headers)
+        except UploadCutOff as exc:
+            return error_response(exc.status, exc.message, {"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)
         return Response(status_code=204)
@@ -174,7 +277,8 @@ class Api:
         principal = principal_of(request)
         image_id = request.path_params["image_id"]
         self.service.get_image(principal, image_id)  # 404 before the body is read
-        body = await read_json_body(request)
+        body = await read_body(request.stream())
+        check_depth(body, self.max_depth)
         self.service.start_import(principal, image_id, body, request.headers.get("content-type"))
         return Response(status_code=202)
 
@@ -212,12 +316,24 @@ def create_app(config: ServiceConfig, *, service: ImageService | None = None) ->
         Route("/", api.root, methods=["GET"]),
         Route("/versions", api.versions, methods=["GET"]),
         Route("/v2/schemas/image", api.schema_image, methods=["GET"]),
+        Route("/v2/schemas/images", api.schema_images, methods=["GET"]),
         Route("/v2/schemas/import", api.schema_import, methods=["GET"]),
         Route("/v2/info/import", api.info_import, methods=["GET"]),
         Route("/v2/images", api.index, methods=["GET"]),
         Route("/v2/images", api.create, methods=["POST"]),
         Route("/v2/images/{image_id}", api.show, methods=["GET"]),
+        Route("/v2/images/{image_id}", api.update, methods=["PATCH"]),
         Route("/v2/images/{image_id}", api.delete, methods=["DELETE"]),
+        Route("/v2/images/{image_id}/file", api.download, methods=["GET"]),
+        Route("/v2/images/{image_id}/tags/{tag}", api.add_tag, methods=["PUT"]),
+        Route("/v2/images/{image_id}/tags/{tag}", api.delete_tag, methods=["DELETE"]),
+        Route("/v2/images/{image_id}/members", api.members, methods=["GET"]),
+        Route("/v2/images/{image_id}/members", api.add_member, methods=["POST"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.member, methods=["GET"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.update_member, methods=["PUT"]),
+        Route("/v2/images/{image_id}/members/{member_id}", api.delete_member, methods=["DELETE"]),
+        Route("/v2/schemas/member", api.schema_member, methods=["GET"]),
+        Route("/v2/schemas/members", api.schema_members, methods=["GET"]),
         Route("/v2/images/{image_id}/stage", api.stage, methods=["PUT"]),
         Route("/v2/images/{image_id}/file", api.upload, methods=["PUT"]),
         Route("/v2/images/{image_id}/import", api.start_import, methods=["POST"]),

@@ -15,7 +15,6 @@ from .errors import Forbidden, Unauthorized
 TOKEN_HEADER = "X-Auth-Token"  # noqa: S105 - a header name, not a secret
 #: Roles that may use the trusted upload path, ``PUT /v2/images/{id}/file``.
 TRUSTED_UPLOAD_ROLES = ("admin", "service")
-ADMIN_ROLE = "admin"
 
 
 class TokenAuth:
@@ -38,11 +37,8 @@ class TokenAuth:
 
 
 def require_trusted_upload(principal: Principal) -> None:
-    """:class:`Forbidden` unless ``principal`` may upload image data without import checks."""
+    """:class:`Forbidden` unless ``principal`` may use the trusted upload path (``PUT /file``)."""
     if not principal.has_role(*TRUSTED_UPLOAD_ROLES):
         raise Forbidden("Uploading image data directly is reserved to the cloud's administrators and services; "
                         "use image import (stage, then import) instead.")
 
-
-def is_admin(principal: Principal) -> bool:
-    return principal.has_role(ADMIN_ROLE)

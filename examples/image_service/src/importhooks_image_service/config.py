@@ -12,6 +12,10 @@
     project = "4f0b1f5e"
     roles = ["member"]
 
+    policy_file = "policy.yaml"            # oslo.policy rules under Glance's names; relative: to this file
+    max_json_depth = 32                    # deepest nesting of a JSON request body (400 beyond)
+    trusted_upload_checks = true           # PUT /file runs the import's checks too
+
     [importhooks]                          # passed to importhooks.settings.settings_from_mapping
     require_os_type = true
     halt_file = "HALT"                     # relative: inside data_dir
@@ -34,7 +38,10 @@ from importhooks.settings import settings_from_mapping
 
 DEFAULT_PORT = 9292
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-_KEYS = ("host", "port", "data_dir", "log_level", "tokens", "importhooks")
+_KEYS = ("host", "port", "data_dir", "log_level", "tokens", "importhooks", "policy_file", "max_json_depth",
+         "trusted_upload_checks")
+#: Deepest nesting of arrays and objects accepted in a JSON request body (``max_json_depth``).
+DEFAULT_MAX_JSON_DEPTH = 32
 _TOKEN_KEYS = ("user", "project", "roles")
 
 
@@ -62,6 +69,11 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     log_level: str = "info"
+    #: oslo.policy rules (YAML or JSON) overriding Glance's defaults; ``None``: the defaults.
+    policy_file: Path | None = None
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    #: Run the import's checks on the trusted upload path (``PUT /file``) too.
+    trusted_upload_checks: bool = True
 
     @property
     def staging_dir(self) -> Path:
@@ -92,6 +104,19 @@ def _port(value: object) -> int:
 def _path(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ConfigError("max_json_depth", f"expected a nesting depth from 1 to 1000, got {value!r}")
+    return value
 
 
 def _tokens(raw: object) -> Mapping[str, Principal]:
@@ -136,7 +161,10 @@ def config_from_mapping(data: Mapping[str, Any], base: Path) -> ServiceConfig:
         changes["work_dir"] = data_dir / settings.work_dir
     return ServiceConfig(data_dir=data_dir, importhooks=settings.replace(**changes) if changes else settings,
                          tokens=_tokens(data.get("tokens", {})), host=_str(data, "host", "127.0.0.1"),
-                         port=_port(data.get("port", DEFAULT_PORT)), log_level=log_level)
+                         port=_port(data.get("port", DEFAULT_PORT)), log_level=log_level,
+                         policy_file=_path(_str(data, "policy_file", ""), base) if "policy_file" in data else None,
+                         max_json_depth=_depth(data.get("max_json_depth", DEFAULT_MAX_JSON_DEPTH)),
+                         trusted_upload_checks=_bool(data, "trusted_upload_checks", True))
 
 
 def default_config_text() -> str:

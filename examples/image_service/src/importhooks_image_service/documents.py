@@ -98,6 +98,21 @@ def image_schema(settings: Settings) -> dict[str, Any]:
     }
 
 
+def images_schema(settings: Settings) -> dict[str, Any]:
+    """``GET /v2/schemas/images``: Glance's image list schema, its items the image schema."""
+    return {
+        "name": "images",
+        "properties": {
+            "images": {"type": "array", "items": image_schema(settings)},
+            "schema": {"type": "string"},
+            "first": {"type": "string"},
+            "next": {"type": "string"},
+        },
+        "links": [{"rel": "first", "href": "{first}"}, {"rel": "next", "href": "{next}"},
+                  {"rel": "describedby", "href": "{schema}"}],
+    }
+
+
 def render_image(record: ImageRecord) -> dict[str, Any]:
     """An image as the API shows it: custom properties flattened beside the core fields."""
     document: dict[str, Any] = dict(record.properties)

@@ -31,3 +31,19 @@ class Conflict(RequestError):
     """The request conflicts with the image's state in a way the status machine does not cover (409)."""
 
     status = 409
+
+
+class StorageFull(RequestError):
+    """The filesystem of the staging area or the store is full (413, as Glance answers ``StorageFull``)."""
+
+    status = 413
+
+
+class DatabaseUnavailable(RequestError):
+    """The image records cannot be written now, e.g. their filesystem is full (503; the service goes on)."""
+
+    status = 503
+
+
+class UploadCutOff(NotFound):
+    """The image was deleted during its upload (404); the answer closes the connection, the rest goes unread."""

@@ -23,29 +23,33 @@ The import's life:
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
-import uuid
-from collections import Counter
 from collections.abc import AsyncIterable, Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from importhooks import Pipeline, Settings
-from importhooks.errors import BadRequest, ImageGone, ImportHalted, RequestError, StatusConflict
-from importhooks.request import Claims, ImportRequest, Requester
+from importhooks.errors import BadRequest, ImageGone, ImportHalted, StatusConflict
+from importhooks.request import ImportRequest, Requester
 from importhooks.server.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
-from importhooks.server.staging import StagingArea, image_key
+from importhooks.server.staging import StagingArea
 from importhooks.server.status import Call, ImageStatus, allowed, check
 from importhooks.server.validation import import_claims, parse_import_request
 
 from .auth import require_trusted_upload
 from .config import Principal, ServiceConfig
-from .db import ImageDB, ImageRecord, now
-from .errors import Conflict, Forbidden, NotFound
+from .db import ImageDB, ImageRecord
+from .errors import DatabaseUnavailable, StorageFull, UploadCutOff
+from .finishing import NOT_RECORDED, Retrier
+from .jobs import job_from_json, job_to_json
+from .policy import ImagePolicy
+from .records import RecordCalls
 from .store import ImageStore
-from .validation import declared_size, validate_new_image
+from .trusted import TrustedUploads
+from .uploads import UploadTracker, run_cancellable
+from .validation import declared_size
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +63,18 @@ def _statuses(call: Call, method: str | None = None) -> frozenset[str]:
     return frozenset(status.value for status in ImageStatus if allowed(call, status, method))
 
 
-def job_to_json(job: ImportJob) -> dict[str, Any]:
-    """What the record keeps of an import job, to run it again after a restart."""
-    request = job.request
-    claims = request.claims
-    return {
-        "request_id": request.request_id,
-        "requester": {"user": request.requester.user, "project": request.requester.project,
-                      "roles": list(request.requester.roles)},
-        "claims": {"disk_format": claims.disk_format, "container_format": claims.container_format,
-                   "os_type": claims.os_type, "properties": dict(claims.properties)},
-    }
+def storage_full(exc: OSError) -> StorageFull | None:
+    """The 413 of a full filesystem (or quota), as Glance answers ``StorageFull``; ``None`` for other errors."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull("The image storage is full; the upload was not kept. Try again later.")
+    return None
 
 
-def job_from_json(image_id: str, staging: StagingArea, data: Mapping[str, Any]) -> ImportJob | None:
-    """The job :func:`job_to_json` saved; ``None`` if the record's copy is unusable."""
-    try:
-        who, said = data["requester"], data["claims"]
-        claims = Claims(disk_format=said["disk_format"], container_format=said["container_format"],
-                        os_type=said["os_type"], properties=MappingProxyType(dict(said["properties"])))
-        requester = Requester(who["user"], who["project"], tuple(who["roles"]))
-        path = staging.claimed_path(image_id)
-        return ImportJob(image_id, ImportRequest(path, claims, requester, str(data["request_id"])))
-    except (KeyError, TypeError, ValueError):
-        return None
+def _deleted_during_upload() -> UploadCutOff:
+    return UploadCutOff("The image was deleted during its upload.")
 
 
-class ImageService:
+class ImageService(RecordCalls):
     """Images, their data and their imports, for the HTTP layer (:mod:`.app`) to call."""
 
     def __init__(self, config: ServiceConfig, *, extra_plugins: Iterable[tuple[str, object]] = ()) -> None:
@@ -96,12 +85,17 @@ class ImageService:
             self.settings.work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Built first: a bad setting or plugin stops the service before it touches any data.
         self.pipeline = Pipeline.from_settings(self.settings, extra_plugins=extra_plugins)
+        self.policy = ImagePolicy(config.policy_file)
         self.db = ImageDB(config.database)
         self.staging = StagingArea(config.staging_dir, self.settings)
         self.store = ImageStore(config.store_dir, self.settings)
+        self.trusted = (TrustedUploads(config.data_dir / "uploads", self.settings, self.store, extra_plugins)
+                        if config.trusted_upload_checks else None)
         self._runner: ImportRunner | None = None
-        #: Stage uploads in flight, per image (touched only by the event loop's thread).
-        self._uploads: Counter[str] = Counter()
+        #: Uploads in flight, per image (touched only by the event loop's thread); a delete cuts them off.
+        self.uploads = UploadTracker()
+        #: Outcomes of imports whose record could not be written at once, written again until it works.
+        self.retrier = Retrier()
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -116,7 +110,8 @@ class ImageService:
 
     def start(self) -> None:
         """Sweep what a crash left half done, start the runner, resubmit or kill interrupted imports."""
-        swept = self.staging.sweep() + self.store.sweep() + self._sweep_work_dir()
+        swept = (self.staging.sweep() + self.store.sweep() + self._sweep_work_dir()
+                 + (self.trusted.sweep() if self.trusted is not None else 0))
         if swept:
             log.info("removed %d partial upload(s) and run directories left by the last run", swept)
         for record in self.db.with_status(ImageStatus.SAVING.value):  # a trusted upload cut short: no data
@@ -127,6 +122,9 @@ class ImageService:
         self._runner = ImportRunner(self.pipeline, self.staging, store=self._store_accepted, finish=self._finish)
         jobs: list[ImportJob] = []
         for record in self.db.with_status(ImageStatus.IMPORTING.value):
+            if self.store.has(record.id):  # stored, but the crash came before the record said so: not kept
+                log.warning("image %s: removing stored data its record never listed", record.id)
+                self.store.delete(record.id)
             job = job_from_json(record.id, self.staging, record.import_job or {})
             if job is None:
                 self.staging.discard(record.id)
@@ -160,81 +158,40 @@ class ImageService:
         """Take no new import. Running ones are abandoned: the next start resubmits them."""
         if self._runner is not None:
             self._runner.shutdown(wait=False)
-
-    # -- records -------------------------------------------------------------------------
-
-    def create_image(self, principal: Principal, body: object) -> ImageRecord:
-        """``POST /v2/images``: a new ``queued`` image of the caller's project."""
-        fields, properties = validate_new_image(body, self.settings, admin=principal.has_role("admin"))
-        stamp = now()
-        record = ImageRecord(id=str(uuid.uuid4()), owner=principal.project, status=ImageStatus.QUEUED.value,
-                             created_at=stamp, updated_at=stamp, properties=MappingProxyType(properties), **fields)
-        self.db.insert(record)
-        return record
-
-    def get_image(self, principal: Principal, image_id: str) -> ImageRecord:
-        """The caller's image; :class:`NotFound` for a bad id, a deleted image or another project's."""
-        try:
-            key = image_key(image_id)
-        except BadRequest:
-            raise NotFound("No image found with this ID.") from None
-        record = self.db.get(key)
-        if record is None or record.owner != principal.project or record.status == ImageStatus.DELETED.value:
-            raise NotFound("No image found with this ID.")
-        return record
-
-    def list_images(self, principal: Principal, name: str | None = None, status: str | None = None,
-                    hidden: bool = False) -> list[ImageRecord]:
-        """``GET /v2/images``: the caller's project's images (``hidden``: only the ``os_hidden`` ones)."""
-        return self.db.by_owner(principal.project, name=name, status=status, hidden=hidden)
-
-    def delete_image(self, principal: Principal, image_id: str) -> None:
-        """``DELETE``: the record is marked deleted, its staged and stored data removed.
-
-        An import still running is not interrupted; its outcome finds the image deleted and is
-        dropped, and the data it may have stored is removed (:meth:`_finish`)."""
-        record = self.get_image(principal, image_id)
-        if record.protected:
-            raise Forbidden("The image is protected and cannot be deleted.")
-        live = [status.value for status in ImageStatus if status is not ImageStatus.DELETED]
-        if not self.db.update(record.id, expect=live, status=ImageStatus.DELETED.value, import_job=None):
-            raise NotFound("No image found with this ID.")
-        self.staging.discard(record.id)
-        self.store.delete(record.id)
-
-    def _conflict(self, image_id: str, call: Call, method: str | None = None) -> RequestError:
-        """Why a conditional status change lost its race, as the error to answer with."""
-        record = self.db.get(image_id)
-        if record is None or record.status == ImageStatus.DELETED.value:
-            return NotFound("No image found with this ID.")
-        try:
-            check(call, ImageStatus(record.status), method)
-        except StatusConflict as exc:
-            return exc
-        return Conflict("The image changed while this request ran; try again.")
+        self.retrier.stop()
 
     # -- data ----------------------------------------------------------------------------
+
+    async def _receive(self, image_id: str, work: Any) -> Any:
+        """Await an upload's writer, cut off if the image is deleted meanwhile; a full disk is a 413."""
+        with self.uploads.track(image_id) as cancelled:
+            try:
+                return await run_cancellable(work, cancelled, _deleted_during_upload)
+            except ImageGone:  # deleted while the trusted path's checks ran
+                raise _deleted_during_upload() from None
+            except OSError as exc:
+                full = storage_full(exc)
+                if full is None:
+                    raise
+                log.warning("image %s: upload refused, storage full: %s", image_id, exc)
+                raise full from None
 
     async def stage(self, principal: Principal, image_id: str, chunks: AsyncIterable[bytes],
                     headers: Mapping[str, str]) -> int:
         """``PUT /stage``: stage the body for import (refused while halted); the bytes staged."""
-        record = self.get_image(principal, image_id)
+        record = self.get_image(principal, image_id, "import_image")
         self.runner.check_open()
         check(Call.STAGE, ImageStatus(record.status))
         declared = declared_size(headers)
         if not self.db.update(record.id, expect=_statuses(Call.STAGE), status=ImageStatus.UPLOADING.value):
             raise self._conflict(record.id, Call.STAGE)
-        self._uploads[record.id] += 1
         try:
-            size = await self.staging.receive(record.id, chunks, declared_size=declared)
+            size: int = await self._receive(record.id, self.staging.receive(record.id, chunks,
+                                                                             declared_size=declared))
         except BaseException:
             # The kit removed the partial file and any earlier staged data: nothing is staged.
             self.db.update(record.id, expect={ImageStatus.UPLOADING.value}, status=ImageStatus.QUEUED.value)
             raise
-        finally:
-            self._uploads[record.id] -= 1
-            if self._uploads[record.id] <= 0:
-                del self._uploads[record.id]
         if not self.db.update(record.id, expect={ImageStatus.UPLOADING.value}, status=ImageStatus.UPLOADING.value):
             self.staging.discard(record.id)  # deleted while it uploaded
             raise self._conflict(record.id, Call.STAGE)
@@ -242,9 +199,11 @@ class ImageService:
 
     async def upload(self, principal: Principal, image_id: str, chunks: AsyncIterable[bytes],
                      headers: Mapping[str, str]) -> ImageRecord:
-        """``PUT /file``, the trusted path: store the body as is, ``active``; works while imports are halted."""
+        """``PUT /file``, the trusted path: checked (:mod:`.trusted`) unless turned off, stored, ``active``.
+
+        Works while imports are halted."""
+        record = self.get_image(principal, image_id, "upload_image")
         require_trusted_upload(principal)
-        record = self.get_image(principal, image_id)
         check(Call.UPLOAD, ImageStatus(record.status))
         for name in ("disk_format", "container_format"):
             if getattr(record, name) is None:
@@ -253,26 +212,53 @@ class ImageService:
         if not self.db.update(record.id, expect=_statuses(Call.UPLOAD), status=ImageStatus.SAVING.value):
             raise self._conflict(record.id, Call.UPLOAD)
         try:
-            stored = await self.store.receive(record.id, chunks, declared_size=declared)
+            if self.trusted is not None:
+                checked = await self._receive(record.id, self.trusted.receive_and_check(
+                    record, principal, chunks, declared, lambda: self._has_status(record.id, ImageStatus.SAVING)))
+                columns, properties = self._split_fields(record, checked.fields)
+            else:
+                stored = await self._receive(record.id, self.store.receive(record.id, chunks, declared_size=declared))
+                columns = {"size": stored.size, "checksum": stored.checksum, "os_hash_algo": stored.os_hash_algo,
+                           "os_hash_value": stored.os_hash_value}
+                properties = dict(record.properties)
         except BaseException:
+            self.store.delete(record.id)
             self.db.update(record.id, expect={ImageStatus.SAVING.value}, status=ImageStatus.QUEUED.value)
             raise
-        if not self.db.update(record.id, expect={ImageStatus.SAVING.value}, status=ImageStatus.ACTIVE.value,
-                              size=stored.size, checksum=stored.checksum, os_hash_algo=stored.os_hash_algo,
-                              os_hash_value=stored.os_hash_value):
+        try:
+            written = self.db.update(record.id, expect={ImageStatus.SAVING.value}, status=ImageStatus.ACTIVE.value,
+                                     properties=properties, **columns)
+        except DatabaseUnavailable:
+            written = False
+            self.store.delete(record.id)
+            self.db.update(record.id, expect={ImageStatus.SAVING.value}, status=ImageStatus.QUEUED.value)
+            raise
+        if not written:
             self.store.delete(record.id)  # deleted while it uploaded
             raise self._conflict(record.id, Call.UPLOAD)
         return self.get_image(principal, record.id)
+
+    def _has_status(self, image_id: str, status: ImageStatus) -> bool:
+        record = self.db.get(image_id)
+        return record is not None and record.status == status.value
+
+    def _split_fields(self, record: ImageRecord, fields: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """An accepted run's fields as image columns, and the image's properties with the verified ones."""
+        values = dict(fields)
+        columns = {name: values.pop(name) for name in OUTCOME_COLUMNS if name in values}
+        properties = dict(record.properties)
+        properties.update({name: str(value) for name, value in values.items() if value is not None})
+        return columns, properties
 
     # -- import --------------------------------------------------------------------------
 
     def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None) -> None:
         """``POST /import``: validate, set ``importing``, queue the job; returns at once (202)."""
-        record = self.get_image(principal, image_id)
+        record = self.get_image(principal, image_id, "import_image")
         request = parse_import_request(body, content_type, self.settings)
         self.runner.check_open()
         check(Call.IMPORT, ImageStatus(record.status), request.method)
-        if self._uploads.get(record.id) or not self.staging.has(record.id):
+        if self.uploads.count(record.id) or not self.staging.has(record.id):
             # The status machine cannot tell "staged" from "being staged": both are uploading.
             raise StatusConflict("Cannot import data of this image: its data is still being staged; "
                                  "wait for the upload to finish.")
@@ -310,7 +296,22 @@ class ImageService:
         self.store.put(job.image_id, path)
 
     def _finish(self, job: ImportJob, outcome: ImportOutcome) -> None:
-        """The runner's ``finish``: ``active`` with the verified fields and properties, or ``killed``."""
+        """The runner's ``finish``: record the outcome; if the records cannot be written now, the import ends
+        ``killed`` (its stored data removed) as soon as they can (:class:`~.finishing.Retrier`)."""
+        try:
+            self._record_outcome(job, outcome)
+        except DatabaseUnavailable:
+            log.error("image %s: its import's outcome (%s) cannot be recorded; killing it once the records can "
+                      "be written", job.image_id, outcome.status.value)
+            if outcome.status is ImageStatus.ACTIVE:
+                self.store.delete(job.image_id)  # never an image in the store that its record does not list
+            killed = (outcome if outcome.status is ImageStatus.KILLED
+                      else ImportOutcome(ImageStatus.KILLED, message=NOT_RECORDED))
+            self.retrier.submit(lambda: self._record_outcome(job, killed))
+
+    def _record_outcome(self, job: ImportJob, outcome: ImportOutcome) -> None:
+        """``active`` with the verified fields and properties, or ``killed``; :class:`DatabaseUnavailable` if it
+        cannot be written."""
         image_id = job.image_id
         if outcome.result is not None and not outcome.result.accepted:
             found = "; ".join(f"{f.code}: {f.detail or f.message}" for f in outcome.result.findings
@@ -319,11 +320,11 @@ class ImageService:
         if outcome.status is ImageStatus.DELETED:  # deleted during its import: nothing was stored
             return
         if outcome.status is ImageStatus.ACTIVE:
-            fields = dict(outcome.fields)
-            columns = {name: fields.pop(name) for name in OUTCOME_COLUMNS if name in fields}
             record = self.db.get(image_id)
-            properties = dict(record.properties) if record is not None else {}
-            properties.update({name: str(value) for name, value in fields.items() if value is not None})
+            if record is None:
+                self.store.delete(image_id)
+                return
+            columns, properties = self._split_fields(record, outcome.fields)
             if self.db.update(image_id, expect={ImageStatus.IMPORTING.value}, status=ImageStatus.ACTIVE.value,
                               message=None, import_job=None, properties=properties, **columns):
                 log.info("image %s imported: active", image_id)

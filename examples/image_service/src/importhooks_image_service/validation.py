@@ -24,28 +24,42 @@ def _where(error: Any) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "body"
 
 
-def validate_new_image(body: object, settings: Settings, *, admin: bool) -> tuple[dict[str, Any], dict[str, str]]:
+def check_name(name: str, settings: Settings) -> None:
+    """403 for a read-only field, an ``os_glance_*`` name (reserved, as in Glance) or a property only
+    the import may set (``protected_properties``, except ``os_type``: the user's claim, which the
+    import verifies); 400 for an empty or overlong name."""
+    if name in READ_ONLY:
+        raise Forbidden(f"Attribute '{name}' is read-only.")
+    if name.lower().startswith(RESERVED_PREFIX):
+        raise Forbidden(f"Attribute '{name}' is reserved.")
+    if name != "os_type" and settings.is_protected(name):
+        raise Forbidden(f"Property '{name}' is protected: only the image import sets it.")
+    if not name or len(name) > MAX_NAME:
+        raise BadRequest(f"Property names have 1 to {MAX_NAME} characters.", field=name[:MAX_NAME] or "body")
+
+
+def validate_new_image(body: object, settings: Settings) -> tuple[dict[str, Any], dict[str, str]]:
     """The columns and custom properties of a ``POST /v2/images`` body, or the refusal.
 
-    403 for a read-only field, an ``os_glance_*`` name (reserved, as in Glance), a property
-    only the import may set (``protected_properties``, except ``os_type``: the user's claim,
-    which the import verifies), or ``visibility: public`` from a non-admin; 400 naming the
-    field for anything the image schema refuses.
+    403 for a name :func:`check_name` refuses; 400 naming the field for anything the image
+    schema refuses. Who may set which ``visibility`` is the policy's (``publicize_image``,
+    ``communitize_image``).
     """
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.", field="body")
     for name in body:
-        if name in READ_ONLY:
-            raise Forbidden(f"Attribute '{name}' is read-only.")
-        if name.startswith(RESERVED_PREFIX):
-            raise Forbidden(f"Attribute '{name}' is reserved.")
-        if name != "os_type" and settings.is_protected(name):
-            raise Forbidden(f"Property '{name}' is protected: only the image import sets it.")
-        if not name or len(name) > MAX_NAME:
-            raise BadRequest(f"Property names have 1 to {MAX_NAME} characters.", field=name[:MAX_NAME] or "body")
-    if body.get("visibility") == "public" and not admin:
-        raise Forbidden("Only administrators may make an image public.")
-    error = best_match(Draft4Validator(image_schema(settings)).iter_errors(body))
+        check_name(name, settings)
+    check_schema(body, settings)
+    columns = {name: body[name] for name in COLUMNS if name in body}
+    if "tags" in columns:
+        columns["tags"] = tuple(dict.fromkeys(columns["tags"]))
+    properties = {name: value for name, value in body.items() if name not in COLUMNS}
+    return columns, properties
+
+
+def check_schema(document: Mapping[str, Any], settings: Settings) -> None:
+    """400 naming the field for the first thing the image schema refuses in ``document``."""
+    error = best_match(Draft4Validator(image_schema(settings)).iter_errors(dict(document)))
     if error is not None:
         where = _where(error)
         if error.validator == "enum":
@@ -55,11 +69,6 @@ def validate_new_image(body: object, settings: Settings, *, admin: bool) -> tupl
             kinds = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
             raise BadRequest(f"Invalid {where}: must be of type {' or '.join(kinds)}.", field=where)
         raise BadRequest(f"Invalid {where}.", field=where)
-    columns = {name: body[name] for name in COLUMNS if name in body}
-    if "tags" in columns:
-        columns["tags"] = tuple(dict.fromkeys(columns["tags"]))
-    properties = {name: value for name, value in body.items() if name not in COLUMNS}
-    return columns, properties
 
 
 def declared_size(headers: Mapping[str, str]) -> int | None:
