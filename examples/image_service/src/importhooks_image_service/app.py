@@ -111,10 +111,11 @@ class Api:
         return JSONResponse(image_schema(self.service.settings))
 
     async def schema_import(self, request: Request) -> Response:
-        return JSONResponse(import_schema(self.service.settings))
+        return JSONResponse(import_schema(self.service.settings, self.service.import_methods))
 
     async def info_import(self, request: Request) -> Response:
-        return JSONResponse(import_info(self.service.settings, halted=self.service.is_halted()))
+        return JSONResponse(import_info(self.service.settings, self.service.import_methods,
+                                        halted=self.service.is_halted()))
 
     # -- images ----------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class Api:
         image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
         # The SDK imports only when the 201 names the method; none while halted.
         headers = {"Location": f"/v2/images/{record.id}",
-                   **create_headers(image_url, halted=self.service.is_halted())}
+                   **create_headers(image_url, self.service.import_methods, halted=self.service.is_halted())}
         return JSONResponse(render_image(record), status_code=201, headers=headers)
 
     async def index(self, request: Request) -> Response:

@@ -35,6 +35,7 @@ from typing import Any
 from importhooks import Pipeline, Settings
 from importhooks.errors import BadRequest, ImageGone, ImportHalted, RequestError, StatusConflict
 from importhooks.request import Claims, ImportRequest, Requester
+from importhooks.server import methods as import_methods
 from importhooks.server.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
 from importhooks.server.staging import StagingArea, image_key
 from importhooks.server.status import Call, ImageStatus, allowed, check
@@ -44,6 +45,7 @@ from .auth import require_trusted_upload
 from .config import Principal, ServiceConfig
 from .db import ImageDB, ImageRecord, now
 from .errors import Conflict, Forbidden, NotFound
+from .methods import MethodImports
 from .store import ImageStore
 from .validation import declared_size, validate_new_image
 
@@ -99,6 +101,8 @@ class ImageService:
         self.db = ImageDB(config.database)
         self.staging = StagingArea(config.staging_dir, self.settings)
         self.store = ImageStore(config.store_dir, self.settings)
+        self.import_methods = import_methods.enabled_names(self.settings)  # ConfigError for an unknown one
+        self.method_imports = MethodImports(self)
         self._runner: ImportRunner | None = None
         #: Stage uploads in flight, per image (touched only by the event loop's thread).
         self._uploads: Counter[str] = Counter()
@@ -158,6 +162,7 @@ class ImageService:
 
     def stop(self) -> None:
         """Take no new import. Running ones are abandoned: the next start resubmits them."""
+        self.method_imports.shutdown()
         if self._runner is not None:
             self._runner.shutdown(wait=False)
 
@@ -269,10 +274,12 @@ class ImageService:
     def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None) -> None:
         """``POST /import``: validate, set ``importing``, queue the job; returns at once (202)."""
         record = self.get_image(principal, image_id)
-        request = parse_import_request(body, content_type, self.settings)
+        request = parse_import_request(body, content_type, self.settings, self.import_methods)
         self.runner.check_open()
         check(Call.IMPORT, ImageStatus(record.status), request.method)
-        if self._uploads.get(record.id) or not self.staging.has(record.id):
+        method = import_methods.get(request.method)
+        brings = method is not None and method.bring is not None  # web-download: its data comes later
+        if not brings and (self._uploads.get(record.id) or not self.staging.has(record.id)):
             # The status machine cannot tell "staged" from "being staged": both are uploading.
             raise StatusConflict("Cannot import data of this image: its data is still being staged; "
                                  "wait for the upload to finish.")
@@ -285,6 +292,10 @@ class ImageService:
         requester = Requester(principal.user, principal.project, principal.roles)
         # The job reads the data the import claims (moved out of the way of later uploads).
         job = ImportJob(record.id, ImportRequest(self.staging.claimed_path(record.id), claims, requester))
+        if brings and method is not None:
+            if not self.method_imports.start(method, job, dict(request.parameters), job_to_json(job)):
+                raise self._conflict(record.id, Call.IMPORT, request.method)
+            return
         if not self.db.update(record.id, expect=_statuses(Call.IMPORT, request.method),
                               status=ImageStatus.IMPORTING.value, message=None, import_job=job_to_json(job)):
             raise self._conflict(record.id, Call.IMPORT, request.method)
