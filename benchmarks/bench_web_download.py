@@ -13,7 +13,7 @@ run, after one untimed warm-up each:
   transport, the deadline-bound stream, the staging writer's checks and rename), with
   ``allowed_networks = ["127.0.0.1/32"]`` and the server's port allowed;
 * **plain httpx**: ``httpx.stream("GET", url)`` with its default transport, ``iter_raw`` in
-  the same 64 KiB chunks written to a file with an ``os.write`` loop: the least a server can do.
+  the chunks as they arrive, written to a file with an ``os.write`` loop: the least a server can do.
 
 Each run's throughput is the file size over the wall time; the medians are compared.
 **Target: median fetcher / median plain httpx >= 0.8.** The staged file is compared with the
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from importhooks.server.methods._fetch import CHUNK, fetch_to_staging
+from importhooks.server.methods._fetch import fetch_to_staging
 from importhooks.server.staging import StagingArea
 from importhooks.settings import Settings, WebDownloadSettings
 
@@ -69,7 +69,7 @@ def _plain(url: str, target: Path) -> None:
     try:
         with httpx.stream("GET", url, timeout=60) as response:
             response.raise_for_status()
-            for chunk in response.iter_raw(CHUNK):
+            for chunk in response.iter_raw():
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view):]

@@ -287,3 +287,18 @@ def new_while_halted(client: httpx.Client) -> str:
                                                 "os_type": "linux"})
     assert response.status_code == 201 and "OpenStack-image-import-methods" not in response.headers
     return str(response.json()["id"])
+
+
+def test_the_halt_switch_stops_a_download_in_progress(service: ServiceProcess, files: WebServer) -> None:
+    url = files.trickle("/halt-trickle", piece=b"x" * 1024, interval=0.05)
+    with service.client(ALICE) as client:
+        image_id = new_queued(client, "web-halted")
+        assert web_import(client, image_id, url).status_code == 202
+        time.sleep(0.5)
+        service.halt_file.touch()
+        try:
+            image = _settle(service, image_id)
+        finally:
+            service.halt_file.unlink()
+    assert image["status"] == "queued" and "halted" in image["message"], image
+    assert service.staged(image_id) == []

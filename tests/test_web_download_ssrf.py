@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from importhooks.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from importhooks.errors import BadRequest, ImportHalted, PayloadTooLarge, RequestTimeout
 from importhooks.server.methods._fetch import DownloadFailed, fetch_to_staging
 from importhooks.server.methods._url_policy import RefusedURL, check_url
 from importhooks.server.staging import StagingArea
@@ -335,3 +335,14 @@ def test_credentials_are_refused_and_never_logged(server: WebServer, tmp_path: P
     with pytest.raises(RefusedURL, match="credentials"):
         fetch(f"http://alice:hunter2@127.0.0.1:{server.port}/x", settings_for(server), tmp_path)
     assert "hunter2" not in caplog.text and server.hits == []
+
+
+def test_the_kill_switch_stops_a_download_in_progress(server: WebServer, tmp_path: Path) -> None:
+    url = server.trickle("/slow", piece=b"x" * 1024, interval=0.05)
+    stop_at = time.monotonic() + 0.3
+    settings = settings_for(server, seconds=20)
+    with pytest.raises(ImportHalted) as halted:
+        fetch_to_staging(url, str(uuid.uuid4()), StagingArea(tmp_path, settings), settings,
+                         halted=lambda: time.monotonic() > stop_at)
+    assert halted.value.status == 503 and time.monotonic() < stop_at + 5
+    assert_nothing_staged(tmp_path)

@@ -8,7 +8,7 @@ which of them are ``required``), and how it brings data to staging:
   (``PUT /stage``; :mod:`.glance_direct`); the import starts from ``uploading``.
 * ``bring`` a callable taking a :class:`MethodRequest` (the image id, the method's parameters
   from the request, the server's :class:`~importhooks.server.staging.StagingArea`, the
-  :class:`~importhooks.settings.Settings`, the requester and their credentials) that writes
+  :class:`~importhooks.settings.Settings`, the requester and their credentials, the kill switch) that writes
   the data into the staging area, through :meth:`StagingArea.receive_sync` or
   :meth:`StagingArea.receive` so that ``max_upload_bytes`` and ``max_upload_time`` hold and a
   failure leaves nothing behind, and returns the bytes staged; it raises a
@@ -51,6 +51,8 @@ class MethodRequest:
     requester: Requester | None = None
     #: The user's own credentials, for methods that read from the user's storage (e.g. a token).
     credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The kill switch (e.g. ``runner.pipeline.killswitch.is_halted``): a method stops when it turns true.
+    halted: Callable[[], bool] | None = None
 
 
 Bring = Callable[[MethodRequest], int]

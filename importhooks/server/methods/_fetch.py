@@ -23,21 +23,22 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urljoin
 
 import httpcore
 import httpx
 
-from ...errors import RequestError, RequestTimeout
+from ... import codes
+from ...errors import ImportHalted, RequestError, RequestTimeout
 from ...settings import Settings
 from ..staging import StagingArea
 from ._url_policy import RefusedURL, Resolver, Target, check_url
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 16
+HALTED = codes.HALTED.summary
 USER_AGENT = "importhooks-web-download"
 
 
@@ -128,18 +129,25 @@ def _declared(response: httpx.Response) -> int | None:
 
 
 def fetch_to_staging(url: str, image_id: str, staging: StagingArea, settings: Settings,
-                     resolver: Resolver = socket.getaddrinfo) -> int:
+                     resolver: Resolver = socket.getaddrinfo, halted: Callable[[], bool] | None = None) -> int:
     """Download ``url`` as the staged data of ``image_id``; the bytes staged.
 
     Raises :class:`~._url_policy.RefusedURL` (400) for a URL or a redirect it will not follow,
     :class:`~importhooks.errors.PayloadTooLarge` (413), :class:`RequestTimeout` (408),
     :class:`DownloadFailed` (502) or the staging area's :class:`~importhooks.errors.BadRequest`
-    (a body shorter than its ``Content-Length``). Nothing is staged after a failure.
+    (a body shorter than its ``Content-Length``), or :class:`~importhooks.errors.ImportHalted` (503)
+    when ``halted`` (the kill switch, asked before each hop and chunk) turns true. Nothing is staged
+    after a failure.
     """
+    def observe(chunk: bytes) -> None:
+        if halted is not None and halted():
+            raise ImportHalted(HALTED)
+
     policy = settings.web_download
     deadline = time.monotonic() + settings.max_upload_time
     current = url
     for hop in range(policy.max_redirects + 1):
+        observe(b"")
         target = check_url(current, policy, resolver)
         log.info("web-download of image %s: hop %d to host %r port %d", image_id, hop, target.host, target.port)
         headers = {"Accept-Encoding": "identity", "User-Agent": USER_AGENT}
@@ -154,7 +162,8 @@ def fetch_to_staging(url: str, image_id: str, staging: StagingArea, settings: Se
                         continue
                     if reply.status_code != 200:
                         raise DownloadFailed(f"The download failed: the server answered HTTP {reply.status_code}.")
-                    return staging.receive_sync(image_id, reply.iter_raw(CHUNK), declared_size=_declared(reply))
+                    return staging.receive_sync(image_id, reply.iter_raw(), declared_size=_declared(reply),
+                                                 observe=observe)
                 finally:
                     reply.close()
         except httpx.TimeoutException:

@@ -29,7 +29,7 @@ def precheck(parameters: Mapping[str, Any], settings: Settings) -> None:
 def bring(request: MethodRequest) -> int:
     """Download the request's ``uri`` into staging; the bytes staged."""
     return fetch_to_staging(str(request.parameters.get("uri", "")), request.image_id, request.staging,
-                            request.settings)
+                            request.settings, halted=request.halted)
 
 
 METHOD = register(ImportMethod(

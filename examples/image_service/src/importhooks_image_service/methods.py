@@ -54,7 +54,7 @@ class MethodImports:
         assert method.bring is not None
         try:
             size = method.bring(MethodRequest(job.image_id, parameters, service.staging, service.settings,
-                                              job.request.requester))
+                                              job.request.requester, halted=service.is_halted))
             record = service.db.get(job.image_id)
             if record is None or record.status != ImageStatus.IMPORTING.value:  # deleted meanwhile
                 service.staging.discard(job.image_id)
