@@ -346,3 +346,32 @@ def test_the_kill_switch_stops_a_download_in_progress(server: WebServer, tmp_pat
                          halted=lambda: time.monotonic() > stop_at)
     assert halted.value.status == 503 and time.monotonic() < stop_at + 5
     assert_nothing_staged(tmp_path)
+
+
+#: The matrix's forms a server can send in a Location header (no whitespace, controls or Unicode), except
+#: those a redirect resolves against the redirecting URL ("" and "http:///x" point back to the same server)
+#: and 127.0.0.1, allow-listed here.
+LOCATIONS = [(url, reason) for url, reason in REFUSED
+             if reason != "characters" and url not in ("", "http:///x", "http://127.0.0.1/")]
+
+
+@pytest.mark.parametrize(("location", "reason"), LOCATIONS)
+def test_every_refused_form_is_refused_as_a_redirect_from_a_live_server(
+        server: WebServer, tmp_path: Path, location: str, reason: str) -> None:
+    url = server.redirect("/hop", location)
+    settings = settings_for(server)
+    settings = settings.replace(web_download=WebDownloadSettings(
+        allowed_networks=("127.0.0.1/32",), allowed_ports=(server.port, 80, 443)))
+    with pytest.raises(RefusedURL) as refused:
+        fetch(url, settings, tmp_path, Resolver())
+    assert refused.value.reason == reason
+    assert server.hits == [("/hop", f"127.0.0.1:{server.port}")]
+    assert_nothing_staged(tmp_path)
+
+
+@pytest.mark.parametrize("size", [1, 17, 512, 65536])
+def test_a_body_sent_in_pieces_of_any_size_is_staged_whole(server: WebServer, tmp_path: Path, size: int) -> None:
+    data = bytes(range(256)) * min(300, size * 12)  # 3 KiB in 1-byte chunks, 75 KiB in the larger ones
+    url = server.body("/pieces", data, chunked=True, piece=size)
+    image_id, staged = fetch(url, settings_for(server), tmp_path)
+    assert staged == len(data) and (tmp_path / image_id).read_bytes() == data

@@ -76,8 +76,9 @@ class WebServer:
 
     # -- routes ----------------------------------------------------------------------------
 
-    def body(self, path: str, data: bytes, *, chunked: bool = False, headers: dict[str, str] | None = None) -> str:
-        """``data``, with its Content-Length (or chunked)."""
+    def body(self, path: str, data: bytes, *, chunked: bool = False, headers: dict[str, str] | None = None,
+             piece: int = 65536) -> str:
+        """``data``, with its Content-Length (or chunked, in chunks of ``piece`` bytes, each flushed)."""
         def serve(handler: BaseHTTPRequestHandler) -> None:
             handler.send_response(200)
             for name, value in (headers or {}).items():
@@ -85,9 +86,10 @@ class WebServer:
             if chunked:
                 handler.send_header("Transfer-Encoding", "chunked")
                 handler.end_headers()
-                for start in range(0, len(data), 65536):
-                    piece = data[start:start + 65536]
-                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                for start in range(0, len(data), piece):
+                    chunk = data[start:start + piece]
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    handler.wfile.flush()
                 handler.wfile.write(b"0\r\n\r\n")
             else:
                 handler.send_header("Content-Length", str(len(data)))

@@ -128,6 +128,15 @@ def _declared(response: httpx.Response) -> int | None:
     return int(text) if text.isdigit() else None  # h11 has already refused a malformed one
 
 
+def _next_url(base: str, location: str) -> str:
+    """Where a redirect points, resolved against the URL that answered; :class:`RefusedURL` if unreadable."""
+    try:
+        return urljoin(base, location)
+    except ValueError:
+        raise RefusedURL("The URL cannot be used for web-download: it redirects to something that is not a "
+                         "valid URL.", "syntax") from None
+
+
 def fetch_to_staging(url: str, image_id: str, staging: StagingArea, settings: Settings,
                      resolver: Resolver = socket.getaddrinfo, halted: Callable[[], bool] | None = None) -> int:
     """Download ``url`` as the staged data of ``image_id``; the bytes staged.
@@ -158,7 +167,7 @@ def fetch_to_staging(url: str, image_id: str, staging: StagingArea, settings: Se
                 reply = transport.handle_request(request)
                 try:
                     if reply.is_redirect:
-                        current = urljoin(target.url, reply.headers.get("location", ""))
+                        current = _next_url(target.url, reply.headers.get("location", ""))
                         continue
                     if reply.status_code != 200:
                         raise DownloadFailed(f"The download failed: the server answered HTTP {reply.status_code}.")
