@@ -25,7 +25,7 @@ from importhooks.server.methods._url_policy import RefusedURL, check_url
 from importhooks.server.staging import StagingArea
 from importhooks.settings import Settings, WebDownloadSettings
 
-from .web_servers import WebServer, web_server
+from .web_servers import TLSServer, WebServer, self_signed, web_server
 
 PUBLIC_V4, PUBLIC_V6 = "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
 DNS: dict[str, list[str]] = {
@@ -375,3 +375,20 @@ def test_a_body_sent_in_pieces_of_any_size_is_staged_whole(server: WebServer, tm
     url = server.body("/pieces", data, chunked=True, piece=size)
     image_id, staged = fetch(url, settings_for(server), tmp_path)
     assert staged == len(data) and (tmp_path / image_id).read_bytes() == data
+
+
+def test_https_keeps_the_name_for_sni_and_the_certificate_check(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "images.example.com")
+    tls = TLSServer(cert, key)
+    try:
+        settings = Settings(max_upload_time=5.0, web_download=WebDownloadSettings(
+            allowed_networks=("127.0.0.1/32",), allowed_ports=(tls.port,)))
+        resolver = Resolver({"images.example.com": ["127.0.0.1"]})
+        staging_dir = tmp_path / "staging"
+        with pytest.raises(DownloadFailed):  # the certificate is not trusted: no data is read
+            fetch(f"https://images.example.com:{tls.port}/disk.img", settings, staging_dir, resolver)
+        assert tls.names == ["images.example.com"]  # SNI is the name, not the pinned address
+        assert resolver.asked == ["images.example.com"]
+        assert_nothing_staged(staging_dir)
+    finally:
+        tls.close()

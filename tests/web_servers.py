@@ -4,15 +4,26 @@
 other loopback address, e.g. ``127.0.0.2``), serving routes the test adds: :meth:`body`,
 :meth:`redirect`, :meth:`status`, :meth:`lying`, :meth:`trickle`, :meth:`endless`,
 :meth:`stall`. It records every request's path and ``Host`` header in :attr:`hits`.
+:class:`TLSServer` only shakes hands (with a :func:`self_signed` certificate) and records the
+SNI name the client sent.
 """
 
 from __future__ import annotations
 
+import datetime
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 Route = Callable[[BaseHTTPRequestHandler], None]
 
@@ -161,3 +172,50 @@ def web_server(host: str = "127.0.0.1") -> Iterator[WebServer]:
         yield server
     finally:
         server.close()
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` and its key (PEM files), made with cryptography."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class TLSServer:
+    """A TLS listener on 127.0.0.1 that records the SNI name of each handshake, then closes."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.names: list[str | None] = []
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.context.sni_callback = lambda sock, name, ctx: self.names.append(name)
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    with self.context.wrap_socket(conn, server_side=True):
+                        pass
+                except (OSError, ssl.SSLError):
+                    pass
+
+    def close(self) -> None:
+        self._sock.close()
