@@ -53,12 +53,13 @@ def _field(error: Any) -> str:
 
 
 def parse_import_request(body: bytes, content_type: str | None, settings: Settings,
-                         methods: Sequence[str] | None = None) -> ImportBody:
+                         methods: Sequence[str] | None = None, *, precheck: bool = True) -> ImportBody:
     """The validated body of an import request; :class:`UnsupportedMediaType` or :class:`BadRequest`.
 
     ``methods`` are the method names accepted; by default those of ``enabled_import_methods``. A
-    method's ``precheck`` (e.g. web-download's URL check) runs on the valid body: its refusal is the
-    answer.
+    method's ``precheck`` (e.g. web-download's URL check) runs on the valid body unless ``precheck``
+    is false: its refusal is the answer. It may resolve a host name: an ``async`` server runs this
+    call in a worker thread (``precheck=True``) and its own synchronous parse with ``precheck=False``.
     """
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in JSON_TYPES:
@@ -83,7 +84,7 @@ def parse_import_request(body: bytes, content_type: str | None, settings: Settin
     method = dict(document["method"])
     name = method.pop("name")
     entry = registry.get(name)
-    if entry is not None and entry.precheck is not None:
+    if precheck and entry is not None and entry.precheck is not None:
         entry.precheck(MappingProxyType(method), settings)
     return ImportBody(name, MappingProxyType(method), document.get("disk_format"),
                       document.get("container_format"), document.get("os_type"))

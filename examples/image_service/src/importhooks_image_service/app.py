@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -35,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
 from importhooks.server.discovery import create_headers, import_info, import_schema
+from importhooks.server.validation import parse_import_request
 
 from .auth import TOKEN_HEADER, TokenAuth
 from .config import Principal, ServiceConfig
@@ -176,7 +178,11 @@ class Api:
         image_id = request.path_params["image_id"]
         self.service.get_image(principal, image_id)  # 404 before the body is read
         body = await read_json_body(request)
-        self.service.start_import(principal, image_id, body, request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        # Validation with the method's precheck (a DNS lookup for web-download) off the event loop.
+        await run_in_threadpool(parse_import_request, body, content_type, self.service.settings,
+                                self.service.import_methods)
+        self.service.start_import(principal, image_id, body, content_type)
         return Response(status_code=202)
 
 

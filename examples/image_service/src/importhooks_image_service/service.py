@@ -274,7 +274,8 @@ class ImageService:
     def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None) -> None:
         """``POST /import``: validate, set ``importing``, queue the job; returns at once (202)."""
         record = self.get_image(principal, image_id)
-        request = parse_import_request(body, content_type, self.settings, self.import_methods)
+        # The method's precheck (web-download resolves the URL's host) ran in a worker thread (app.py).
+        request = parse_import_request(body, content_type, self.settings, self.import_methods, precheck=False)
         self.runner.check_open()
         check(Call.IMPORT, ImageStatus(record.status), request.method)
         method = import_methods.get(request.method)
