@@ -89,7 +89,6 @@ class PinnedBackend(httpcore.NetworkBackend):
     def __init__(self, target: Target, deadline: float) -> None:
         self.target = target
         self.deadline = deadline
-        self.connected: list[str] = []  # the addresses connected to, for tests
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
@@ -107,16 +106,22 @@ class PinnedBackend(httpcore.NetworkBackend):
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
                 continue
-            self.connected.append(str(address))
             return _DeadlineStream(stream, self.deadline)
         raise error
 
 
 class PinnedTransport(httpx.HTTPTransport):
-    """httpx's own transport, whose connection pool uses a :class:`PinnedBackend`."""
+    """httpx's own transport, whose connection pool uses a :class:`PinnedBackend`.
+
+    httpx builds its httpcore pool in ``HTTPTransport.__init__`` without a way to pass a network
+    backend, so the pool (``_pool``, which ``handle_request`` uses) is replaced by one that has it;
+    tests/test_web_download_ssrf.py's rebinding and SNI tests fail if a new httpx stops using it.
+    """
 
     def __init__(self, backend: PinnedBackend) -> None:
         super().__init__(trust_env=False)
+        if not isinstance(getattr(self, "_pool", None), httpcore.ConnectionPool):  # fail closed, never unpinned
+            raise RuntimeError("this httpx keeps its connection pool elsewhere: web-download cannot pin connections")
         self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(trust_env=False),
                                              max_connections=1, network_backend=backend)
 
