@@ -161,7 +161,8 @@ def _kind_and_default(spec: dataclasses.Field[Any] | None, default: object) -> t
     if isinstance(default, int):
         return "integer", f"``{default}``"
     if isinstance(default, (tuple, list)):
-        return "list of strings", f"``{_toml(default)}``" if default else "``[]``"
+        kind = "list of ports" if getattr(parse, "__name__", "") == "_port_tuple" else "list of strings"
+        return kind, f"``{_toml(default)}``" if default else "``[]``"
     return "string", f"``{_toml(default)}``"
 
 

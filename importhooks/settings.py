@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import stat
 import tomllib
@@ -80,6 +81,23 @@ def _optional_path(value: object) -> Path | None:
     return Path(text) if text else None
 
 
+def _port_tuple(value: object) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value):
+        raise ValueError(f"expected a list of port numbers (1 to 65535), got {value!r}")
+    return tuple(value)
+
+
+def _network_tuple(value: object) -> tuple[str, ...]:
+    networks = _str_tuple(value)
+    for text in networks:
+        try:
+            ipaddress.ip_network(text, strict=True)
+        except ValueError:
+            raise ValueError(f"expected networks such as 10.1.2.0/24 or fd00:1::/64, got {text!r}") from None
+    return networks
+
+
 def _setting(default: Any, doc: str, parse: Callable[[object], Any]) -> Any:
     return field(default=default, metadata={"doc": doc, "parse": parse})
 
@@ -112,6 +130,29 @@ class PluginSettings:
         _str_tuple,
     )
     entry_points: bool = _setting(True, "Load site plugins from the 'importhooks.plugins' entry-point group.", _bool)
+
+
+@dataclass(frozen=True, slots=True)
+class WebDownloadSettings:
+    """web-download's URL filters (``[web_download]``), with Glance's names: a non-empty ``allowed_*`` list
+    is all that is allowed (its ``disallowed_*`` twin is then ignored). Internal addresses are refused
+    whatever they say, unless the host is in ``allowed_hosts`` or the address in ``allowed_networks``."""
+
+    allowed_schemes: tuple[str, ...] = _setting(("http", "https"), "URL schemes web-download may fetch.",
+                                                _str_tuple)
+    disallowed_schemes: tuple[str, ...] = _setting((), "URL schemes refused (when allowed_schemes is empty).",
+                                                   _str_tuple)
+    allowed_hosts: tuple[str, ...] = _setting(
+        (), "If not empty, the only hosts (names or addresses, exactly as in the URL) web-download may fetch "
+        "from; an internal address or an unusual host form written here is allowed on purpose.", _str_tuple)
+    disallowed_hosts: tuple[str, ...] = _setting((), "Hosts refused (when allowed_hosts is empty).", _str_tuple)
+    allowed_ports: tuple[int, ...] = _setting((80, 443), "Ports web-download may connect to.", _port_tuple)
+    disallowed_ports: tuple[int, ...] = _setting((), "Ports refused (when allowed_ports is empty).", _port_tuple)
+    allowed_networks: tuple[str, ...] = _setting(
+        (), "Internal networks (CIDR) web-download may fetch from anyway, e.g. an image mirror inside the cloud.",
+        _network_tuple)
+    max_redirects: int = _setting(5, "Redirects web-download follows, each one checked again, before it gives up.",
+                                  _int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +199,17 @@ class Settings:
     work_dir: Path | None = _setting(
         None, "Where runs make their temporary directory; empty means the system default.", _optional_path
     )
+    enabled_import_methods: tuple[str, ...] = _setting(
+        ("glance-direct",), "Import methods offered (Glance's name): glance-direct, web-download.", _str_tuple
+    )
     halt: bool = _setting(False, "Kill switch: refuse and stop every import.", _bool)
     halt_file: Path | None = _setting(
         None, "Kill switch at run time: imports halt while this file exists.", _optional_path
     )
     timeouts: StageTimeouts = field(default_factory=StageTimeouts, metadata={"doc": StageTimeouts.__doc__})
     plugins: PluginSettings = field(default_factory=PluginSettings, metadata={"doc": PluginSettings.__doc__})
+    web_download: WebDownloadSettings = field(default_factory=WebDownloadSettings,
+                                              metadata={"doc": WebDownloadSettings.__doc__})
     plugin: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType({}),
         metadata={"doc": "One table per plugin, [plugin.NAME], for its own declared options."},
@@ -183,7 +229,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS: dict[str, type] = {"timeouts": StageTimeouts, "plugins": PluginSettings}
+_SECTIONS: dict[str, type] = {"timeouts": StageTimeouts, "plugins": PluginSettings,
+                               "web_download": WebDownloadSettings}
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:

@@ -10,7 +10,10 @@
 * :func:`create_headers` are the headers of the image-create response (``201``) that
   tell a client it may import, and where to stage the data.
 
-All are plain, JSON-ready dicts built anew on each call; nothing is cached.
+The methods listed are those of the ``enabled_import_methods`` setting unless a caller
+passes ``methods``; each method's parameters come from the registry of
+:mod:`importhooks.server.methods`. All are plain, JSON-ready dicts built anew on each call;
+nothing is cached.
 """
 
 from __future__ import annotations
@@ -20,41 +23,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..settings import Settings
+from . import methods as registry
 
 DEFAULT_METHODS: tuple[str, ...] = ("glance-direct",)
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-#: Parameters some Glance import methods take inside ``method``: (properties, required).
-_METHOD_PARAMETERS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "web-download": (
-        {"uri": {"type": "string", "format": "uri", "minLength": 1,
-                 "description": "URL the image data is downloaded from."}},
-        ("uri",),
-    ),
-    "glance-download": (
-        {
-            "glance_image_id": {"type": "string", "minLength": 1, "description": "The image in the remote region."},
-            "glance_region": {"type": "string", "minLength": 1, "description": "The remote region."},
-            "glance_service_interface": {"type": "string", "minLength": 1,
-                                         "description": "The remote image service's endpoint interface."},
-        },
-        ("glance_image_id", "glance_region"),
-    ),
-}
 
 
 def _entry(description: str, kind: str, value: Any) -> dict[str, Any]:
     return {"description": description, "type": kind, "value": value}
 
 
-def _methods(methods: Sequence[str]) -> list[str]:
+def _methods(methods: Sequence[str] | None, settings: Settings | None = None) -> list[str]:
+    if methods is None:
+        return list(registry.enabled_names(settings or Settings()))
     names = list(dict.fromkeys(methods))
     if not all(isinstance(name, str) and name for name in names):
         raise ValueError(f"import methods must be non-empty strings, got {list(methods)!r}")
     return names
 
 
-def import_info(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS, halted: bool = False) -> dict[str, Any]:
+def import_info(settings: Settings, methods: Sequence[str] | None = None, halted: bool = False) -> dict[str, Any]:
     """The value-discovery document of ``GET /v2/info/import``.
 
     Every entry has Glance's ``{description, type, value}`` shape; ``type`` is the
@@ -63,7 +51,7 @@ def import_info(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS, ha
     Sizes are in bytes, times in seconds.
     """
     return {
-        "import-methods": _entry("Import methods available.", "array", [] if halted else _methods(methods)),
+        "import-methods": _entry("Import methods available.", "array", [] if halted else _methods(methods, settings)),
         "disk-formats": _entry("Disk formats accepted for import.", "array", list(settings.disk_formats)),
         "container-formats": _entry("Container formats accepted for import.", "array",
                                     list(settings.container_formats)),
@@ -80,7 +68,8 @@ def import_info(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS, ha
     }
 
 
-def create_headers(image_url: str, methods: Sequence[str] = DEFAULT_METHODS, halted: bool = False) -> dict[str, str]:
+def create_headers(image_url: str, methods: Sequence[str] | None = None, halted: bool = False,
+                   settings: Settings | None = None) -> dict[str, str]:
     """Headers of the ``POST /v2/images`` response (201) that advertise import.
 
     ``OpenStack-image-import-methods`` lists the methods (openstacksdk refuses to import
@@ -88,7 +77,7 @@ def create_headers(image_url: str, methods: Sequence[str] = DEFAULT_METHODS, hal
     the image's stage URL: ``image_url`` (the absolute URL of the new image) plus ``/stage``.
     While import is halted there are none.
     """
-    names = [] if halted else _methods(methods)
+    names = [] if halted else _methods(methods, settings)
     headers: dict[str, str] = {}
     if names:
         headers["OpenStack-image-import-methods"] = ",".join(names)
@@ -101,10 +90,11 @@ def _method_schema(names: list[str]) -> dict[str, Any]:
     properties: dict[str, Any] = {"name": {"type": "string", "enum": names, "description": "The import method."}}
     conditions: list[dict[str, Any]] = []
     for name in names:
-        if name not in _METHOD_PARAMETERS:
+        method = registry.get(name)
+        if method is None or not method.parameters:
             continue
-        params, required = _METHOD_PARAMETERS[name]
-        properties.update(copy.deepcopy(params))  # callers may edit the document
+        params, required = method.parameters, method.required
+        properties.update(copy.deepcopy(dict(params)))  # callers may edit the document
         conditions.append({
             "if": {"properties": {"name": {"const": name}}, "required": ["name"]},
             "then": {"required": list(required)},
@@ -122,7 +112,7 @@ def _method_schema(names: list[str]) -> dict[str, Any]:
     return schema
 
 
-def import_schema(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS) -> dict[str, Any]:
+def import_schema(settings: Settings, methods: Sequence[str] | None = None) -> dict[str, Any]:
     """The JSON schema (draft 2020-12) of an import request body.
 
     ``method.name`` is required and one of ``methods``; ``disk_format``,
@@ -139,7 +129,7 @@ def import_schema(settings: Settings, methods: Sequence[str] = DEFAULT_METHODS) 
         "title": "Image import request",
         "type": "object",
         "properties": {
-            "method": _method_schema(_methods(methods)),
+            "method": _method_schema(_methods(methods, settings)),
             "disk_format": {"type": "string", "enum": list(settings.disk_formats),
                             "description": "The disk format the data is claimed to be; checked against the data."},
             "container_format": {"type": "string", "enum": list(settings.container_formats),

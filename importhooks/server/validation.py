@@ -22,7 +22,8 @@ from jsonschema.exceptions import best_match
 from ..errors import BadRequest, UnsupportedMediaType
 from ..request import Claims
 from ..settings import Settings
-from .discovery import DEFAULT_METHODS, import_schema
+from . import methods as registry
+from .discovery import import_schema
 
 #: Largest import request body read, in bytes: the body is a small JSON object.
 MAX_BODY = 64 << 10
@@ -52,8 +53,14 @@ def _field(error: Any) -> str:
 
 
 def parse_import_request(body: bytes, content_type: str | None, settings: Settings,
-                         methods: Sequence[str] = DEFAULT_METHODS) -> ImportBody:
-    """The validated body of an import request; :class:`UnsupportedMediaType` or :class:`BadRequest`."""
+                         methods: Sequence[str] | None = None, *, precheck: bool = True) -> ImportBody:
+    """The validated body of an import request; :class:`UnsupportedMediaType` or :class:`BadRequest`.
+
+    ``methods`` are the method names accepted; by default those of ``enabled_import_methods``. A
+    method's ``precheck`` (e.g. web-download's URL check) runs on the valid body unless ``precheck``
+    is false: its refusal is the answer. It may resolve a host name: an ``async`` server runs this
+    call in a worker thread (``precheck=True``) and its own synchronous parse with ``precheck=False``.
+    """
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media not in JSON_TYPES:
         raise UnsupportedMediaType("The import request must be JSON (Content-Type: application/json).")
@@ -76,6 +83,9 @@ def parse_import_request(body: bytes, content_type: str | None, settings: Settin
         raise BadRequest(f"Invalid {name} in the import request.", field=name)
     method = dict(document["method"])
     name = method.pop("name")
+    entry = registry.get(name)
+    if precheck and entry is not None and entry.precheck is not None:
+        entry.precheck(MappingProxyType(method), settings)
     return ImportBody(name, MappingProxyType(method), document.get("disk_format"),
                       document.get("container_format"), document.get("os_type"))
 

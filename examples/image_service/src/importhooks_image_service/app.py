@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from importhooks.errors import BadRequest, RequestError, UnsupportedMediaType
 from importhooks.server.discovery import create_headers, import_info, import_schema
+from importhooks.server.validation import parse_import_request
 
 from .auth import TOKEN_HEADER, TokenAuth
 from .bodies import check_depth, parse_json, read_body
@@ -140,10 +142,11 @@ class Api:
         return JSONResponse(images_schema(self.service.settings))
 
     async def schema_import(self, request: Request) -> Response:
-        return JSONResponse(import_schema(self.service.settings))
+        return JSONResponse(import_schema(self.service.settings, self.service.import_methods))
 
     async def info_import(self, request: Request) -> Response:
-        return JSONResponse(import_info(self.service.settings, halted=self.service.is_halted()))
+        return JSONResponse(import_info(self.service.settings, self.service.import_methods,
+                                        halted=self.service.is_halted()))
 
     # -- images ----------------------------------------------------------------------
 
@@ -156,7 +159,7 @@ class Api:
         image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
         # The SDK imports only when the 201 names the method; none while halted.
         headers = {"Location": f"/v2/images/{record.id}",
-                   **create_headers(image_url, halted=self.service.is_halted())}
+                   **create_headers(image_url, self.service.import_methods, halted=self.service.is_halted())}
         return JSONResponse(render_image(record), status_code=201, headers=headers)
 
     async def index(self, request: Request) -> Response:
@@ -279,7 +282,11 @@ class Api:
         self.service.get_image(principal, image_id)  # 404 before the body is read
         body = await read_body(request.stream())
         check_depth(body, self.max_depth)
-        self.service.start_import(principal, image_id, body, request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        # Validation with the method's precheck (a DNS lookup for web-download) off the event loop.
+        await run_in_threadpool(parse_import_request, body, content_type, self.service.settings,
+                                self.service.import_methods)
+        self.service.start_import(principal, image_id, body, content_type)
         return Response(status_code=202)
 
 

@@ -15,6 +15,9 @@
     policy_file = "policy.yaml"            # oslo.policy rules under Glance's names; relative: to this file
     max_json_depth = 32                    # deepest nesting of a JSON request body (400 beyond)
     trusted_upload_checks = true           # PUT /file runs the import's checks too
+    enabled_import_methods = ["glance-direct", "web-download"]   # Glance's names
+    [web_download]                         # its URL filters: allowed_hosts, allowed_ports...
+    allowed_ports = [80, 443]
 
     [importhooks]                          # passed to importhooks.settings.settings_from_mapping
     require_os_type = true
@@ -39,9 +42,11 @@ from importhooks.settings import settings_from_mapping
 DEFAULT_PORT = 9292
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _KEYS = ("host", "port", "data_dir", "log_level", "tokens", "importhooks", "policy_file", "max_json_depth",
-         "trusted_upload_checks")
+         "trusted_upload_checks", "enabled_import_methods", "web_download")
 #: Deepest nesting of arrays and objects accepted in a JSON request body (``max_json_depth``).
 DEFAULT_MAX_JSON_DEPTH = 32
+#: Glance's names, top-level as in glance-api.conf; they are importhooks settings (passed on into its table).
+_IMPORT_KEYS = ("enabled_import_methods", "web_download")
 _TOKEN_KEYS = ("user", "project", "roles")
 
 
@@ -149,10 +154,16 @@ def config_from_mapping(data: Mapping[str, Any], base: Path) -> ServiceConfig:
     table = data.get("importhooks", {})
     if not isinstance(table, Mapping):
         raise ConfigError("importhooks", "expected a table of importhooks settings")
+    for key in _IMPORT_KEYS:
+        if key in data:
+            if key in table:
+                raise ConfigError(key, "given both top-level and in [importhooks]; keep one")
+            table = {**table, key: data[key]}
     try:
         settings = settings_from_mapping(table)
     except ConfigError as exc:
-        raise ConfigError(f"importhooks.{exc.key}", exc.problem) from None
+        top = exc.key.split(".", 1)[0] in _IMPORT_KEYS and exc.key.split(".", 1)[0] in data
+        raise ConfigError(exc.key if top else f"importhooks.{exc.key}", exc.problem) from None
     # The halt file and the runs' scratch space live in data_dir unless given as absolute paths.
     changes: dict[str, Path] = {}
     if settings.halt_file is not None and not settings.halt_file.expanduser().is_absolute():

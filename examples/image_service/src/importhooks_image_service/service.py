@@ -33,6 +33,7 @@ from typing import Any
 from importhooks import Pipeline, Settings
 from importhooks.errors import BadRequest, ImageGone, ImportHalted, StatusConflict
 from importhooks.request import ImportRequest, Requester
+from importhooks.server import methods as import_methods
 from importhooks.server.runner import INTERRUPTED, ImportJob, ImportOutcome, ImportRunner, recover
 from importhooks.server.staging import StagingArea
 from importhooks.server.status import Call, ImageStatus, allowed, check
@@ -44,6 +45,7 @@ from .db import ImageDB, ImageRecord
 from .errors import DatabaseUnavailable, StorageFull, UploadCutOff
 from .finishing import NOT_RECORDED, Retrier
 from .jobs import job_from_json, job_to_json
+from .methods import MethodImports
 from .policy import ImagePolicy
 from .records import RecordCalls
 from .store import ImageStore
@@ -91,6 +93,8 @@ class ImageService(RecordCalls):
         self.store = ImageStore(config.store_dir, self.settings)
         self.trusted = (TrustedUploads(config.data_dir / "uploads", self.settings, self.store, extra_plugins)
                         if config.trusted_upload_checks else None)
+        self.import_methods = import_methods.enabled_names(self.settings)  # ConfigError for an unknown one
+        self.method_imports = MethodImports(self)
         self._runner: ImportRunner | None = None
         #: Uploads in flight, per image (touched only by the event loop's thread); a delete cuts them off.
         self.uploads = UploadTracker()
@@ -156,6 +160,7 @@ class ImageService(RecordCalls):
 
     def stop(self) -> None:
         """Take no new import. Running ones are abandoned: the next start resubmits them."""
+        self.method_imports.shutdown()
         if self._runner is not None:
             self._runner.shutdown(wait=False)
         self.retrier.stop()
@@ -255,10 +260,13 @@ class ImageService(RecordCalls):
     def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None) -> None:
         """``POST /import``: validate, set ``importing``, queue the job; returns at once (202)."""
         record = self.get_image(principal, image_id, "import_image")
-        request = parse_import_request(body, content_type, self.settings)
+        # The method's precheck (web-download resolves the URL's host) ran in a worker thread (app.py).
+        request = parse_import_request(body, content_type, self.settings, self.import_methods, precheck=False)
         self.runner.check_open()
         check(Call.IMPORT, ImageStatus(record.status), request.method)
-        if self.uploads.count(record.id) or not self.staging.has(record.id):
+        method = import_methods.get(request.method)
+        brings = method is not None and method.bring is not None  # web-download: its data comes later
+        if not brings and (self.uploads.count(record.id) or not self.staging.has(record.id)):
             # The status machine cannot tell "staged" from "being staged": both are uploading.
             raise StatusConflict("Cannot import data of this image: its data is still being staged; "
                                  "wait for the upload to finish.")
@@ -271,6 +279,10 @@ class ImageService(RecordCalls):
         requester = Requester(principal.user, principal.project, principal.roles)
         # The job reads the data the import claims (moved out of the way of later uploads).
         job = ImportJob(record.id, ImportRequest(self.staging.claimed_path(record.id), claims, requester))
+        if brings and method is not None:
+            if not self.method_imports.start(method, job, dict(request.parameters), job_to_json(job)):
+                raise self._conflict(record.id, Call.IMPORT, request.method)
+            return
         if not self.db.update(record.id, expect=_statuses(Call.IMPORT, request.method),
                               status=ImageStatus.IMPORTING.value, message=None, import_job=job_to_json(job)):
             raise self._conflict(record.id, Call.IMPORT, request.method)
