@@ -362,7 +362,8 @@ def test_snippet_check_finds_a_missing_import() -> None:
     assert _unbound_importhooks_names("pipeline = Pipeline.from_settings(load_settings())\n") == {
         "Pipeline", "load_settings"}
     assert _unbound_importhooks_names("status.check(Call.STAGE, image.status)\n") == {"status", "Call"}
-    assert _unbound_importhooks_names("from importhooks.server import status\nfrom importhooks.server.status import Call\n"
+    assert _unbound_importhooks_names("from importhooks.server import status\n"
+                                      "from importhooks.server.status import Call\n"
                                       "status.check(Call.STAGE, image.status)\n") == set()
 
 
