@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import os
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +271,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         text = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is no error
     except UnicodeDecodeError as exc:
         raise ConfigError("config", f"not UTF-8 text: byte {exc.start} of {path}") from None
+    import tomllib  # only a settings file needs it: the defaults load without
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
