@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 from importhooks import ImportContext, PluginOption
 from importhooks.units import parse_duration, parse_size
 
-from . import _guest_reads
-
 #: Glance disk format -> qemu block driver. An ISO is read by qemu as a raw disk.
 DRIVERS: Mapping[str, str] = {
     "raw": "raw",
@@ -351,6 +349,8 @@ def read_guest(context: ImportContext, program: str, path: Path, driver: str,
     unallocated, are not read again
     (:mod:`._guest_reads`), and when none is left qemu-img does not run. Raises :class:`QemuError`.
     """
+    from . import _guest_reads  # only a guest read needs it: loaded on first use
+
     def convert(missing: list[tuple[int, int]]) -> bytes:
         return _convert(context, program, path, driver, missing, limits)
 
