@@ -19,7 +19,9 @@ entry goes with it):
   read is checked against the file; anything else, including anything odd, goes to qemu-img.
 
 Only ranges qemu-img still has to read are handed to ``fetch``; the bytes returned are
-those qemu-img would have returned for all of them, so no verdict depends on this module.
+those qemu-img returns for every range. What changes is that no qemu-img runs for a range
+known this way, so none can fail there: a qcow2 whose guest reads are all unallocated is
+read even where the reading plugin's own qemu-img (its ``binary``, its limits) would fail.
 """
 
 from __future__ import annotations
