@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import os
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,6 +324,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         text = raw.decode("utf-8-sig")  # a byte order mark, as some editors write, is no error
     except UnicodeDecodeError as exc:
         raise ConfigError("config", f"not UTF-8 text: byte {exc.start} of {path}") from None
+    import tomllib  # only a settings file needs it: the defaults load without
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

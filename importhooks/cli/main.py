@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="settings file (TOML); default: built-in defaults")
     common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="log more (-v: import events, -vv: progress events)")
+                        help="log more (-v: import events, -vv: progress events); plugins -v: each plugin's options")
     parser = _Parser(prog="importhooks", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"importhooks {version()}")
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,

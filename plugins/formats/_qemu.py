@@ -359,8 +359,22 @@ def read_guest(context: ImportContext, program: str, path: Path, driver: str,
     """The guest bytes of ``ranges`` (``(offset, size)``, multiples of 512), concatenated, read by qemu-img.
 
     One ``qemu-img convert`` concatenates the slices into a raw file from
-    ``context.temp_path()``, read back and removed. Raises :class:`QemuError`.
+    ``context.temp_path()``, read back and removed; slices this layer's earlier guest
+    reads fetched with the same program and limits, and those a qcow2's own tables leave
+    unallocated, are not read again
+    (:mod:`._guest_reads`), and when none is left qemu-img does not run. Raises :class:`QemuError`.
     """
+    from . import _guest_reads  # only a guest read needs it: loaded on first use
+
+    def convert(missing: list[tuple[int, int]]) -> bytes:
+        return _convert(context, program, path, driver, missing, limits)
+
+    return _guest_reads.read(context, path, driver, ranges, convert, key=(program, limits))
+
+
+def _convert(context: ImportContext, program: str, path: Path, driver: str,
+             ranges: Sequence[tuple[int, int]], limits: Limits) -> bytes:
+    """One ``qemu-img convert`` of the ``ranges`` slices into a raw file, read back and removed."""
     total = sum(size for _offset, size in ranges)
     out = context.temp_path(".raw")
     sources = [guest_slice(path, driver, offset, size) for offset, size in ranges]

@@ -11,7 +11,9 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
   (:func:`._qemu.read_guest`), under ``ProcessLimits``, backing files disabled, and only if that
   format's own plugin ran. Blocks of 128 KiB are fetched and cached; a layout costs two or
   three qemu-img runs, whatever the disk's size, plus about one per directory looked up on
-  installation media. A LUKS disk is encrypted: nothing to read.
+  installation media, fewer when ``nested_headers`` already fetched the blocks or a qcow2's
+  own tables leave them unallocated (:mod:`..formats._guest_reads`). A LUKS disk is
+  encrypted: nothing to read.
 * Every partition table is read and every partition any of them lists is checked, and the whole
   disk is probed beside a table: where firmware, Linux and Windows could disagree, the union is read
   (:mod:`._partition_tables`). ISO 9660, UDF, FAT and exFAT filesystems are searched for Windows
