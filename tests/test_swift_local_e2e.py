@@ -116,10 +116,12 @@ def settle(service: ServiceProcess, token: str, image_id: str) -> dict[str, Any]
 
 
 def assert_private(service: ServiceProcess, tokens: dict[str, str], message: str) -> None:
-    """Neither a user's message nor the service's log holds a token; the message no host or account."""
+    """Neither a user's message, the service's log nor its database holds a token; the message no host or account."""
     log = service.log_tail(1 << 20)
+    stored = b"".join(path.read_bytes() for path in service.data_dir.glob("images.sqlite3*"))
+    assert stored  # the database is there to look into
     for token in tokens.values():
-        assert token not in message and token not in log
+        assert token not in message and token not in log and token.encode() not in stored
     for text in ("127.0.0.1", "AUTH_", "None"):
         assert text not in message, (text, message)
 
