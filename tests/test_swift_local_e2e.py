@@ -314,3 +314,18 @@ def test_a_shared_account_refuses_another_projects_token(tmp_path: Path, swift_c
         assert_private(svc, {"alice": tokens["alice"], "bob": bob}, image["message"])
     finally:
         svc.stop()
+
+
+def test_the_glance_cli_cannot_name_an_object_and_is_told_what_is_missing(service: SwiftService,
+                                                                        tokens: dict[str, str],
+                                                                        tmp_path: Path) -> None:
+    """glanceclient sends no container or object: the import call says so (400), the image stays queued."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with service.client(tokens["alice"]) as client:
+        image_id = new_queued(client, "swift-cli")
+    done = glance(service, tokens["alice"], home, "image-import", image_id, "--import-method", "swift-local")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "method.container" in output, output
+    with service.client(tokens["alice"]) as client:
+        assert client.get(f"/v2/images/{image_id}").json()["status"] == "queued"
