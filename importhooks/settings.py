@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import os
 import stat
 from collections.abc import Callable, Mapping
@@ -18,7 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ._fields import _bool, _int, _positive_int, _setting, _str, _str_tuple
 from .errors import ConfigError
+from .method_settings import SwiftLocalSettings as SwiftLocalSettings  # re-exported: Settings.swift_local
+from .method_settings import WebDownloadSettings as WebDownloadSettings  # re-exported: Settings.web_download
 from .units import format_size, parse_duration, parse_size
 
 STAGES = ("pre_validate", "inspect", "sanitize", "set_protected_properties", "finalize")
@@ -27,37 +29,6 @@ DISK_FORMATS = ("raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "qed", "luk
 CONTAINER_FORMATS = ("bare", "ova", "ovf", "compressed")
 #: Largest settings file :func:`load_settings` reads, in bytes; a real one is a few KiB.
 MAX_CONFIG_BYTES = 1 << 20
-
-
-def _bool(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a whole number of zero or more, got {value!r}")
-    return value
-
-
-def _positive_int(value: object) -> int:
-    number = _int(value)
-    if number == 0:
-        raise ValueError("expected a whole number above zero")
-    return number
-
-
-def _str(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _str_tuple(value: object) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of strings, got {value!r}")
-    return tuple(value)
 
 
 def _property_patterns(value: object) -> tuple[str, ...]:
@@ -78,27 +49,6 @@ def _hash_algorithm(value: object) -> str:
 def _optional_path(value: object) -> Path | None:
     text = _str(value)
     return Path(text) if text else None
-
-
-def _port_tuple(value: object) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 < v < 65536 for v in value):
-        raise ValueError(f"expected a list of port numbers (1 to 65535), got {value!r}")
-    return tuple(value)
-
-
-def _network_tuple(value: object) -> tuple[str, ...]:
-    networks = _str_tuple(value)
-    for text in networks:
-        try:
-            ipaddress.ip_network(text, strict=True)
-        except ValueError:
-            raise ValueError(f"expected networks such as 10.1.2.0/24 or fd00:1::/64, got {text!r}") from None
-    return networks
-
-
-def _setting(default: Any, doc: str, parse: Callable[[object], Any]) -> Any:
-    return field(default=default, metadata={"doc": doc, "parse": parse})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,29 +79,6 @@ class PluginSettings:
         _str_tuple,
     )
     entry_points: bool = _setting(True, "Load site plugins from the 'importhooks.plugins' entry-point group.", _bool)
-
-
-@dataclass(frozen=True, slots=True)
-class WebDownloadSettings:
-    """web-download's URL filters (``[web_download]``), with Glance's names: a non-empty ``allowed_*`` list
-    is all that is allowed (its ``disallowed_*`` twin is then ignored). Internal addresses are refused
-    whatever they say, unless the host is in ``allowed_hosts`` or the address in ``allowed_networks``."""
-
-    allowed_schemes: tuple[str, ...] = _setting(("http", "https"), "URL schemes web-download may fetch.",
-                                                _str_tuple)
-    disallowed_schemes: tuple[str, ...] = _setting((), "URL schemes refused (when allowed_schemes is empty).",
-                                                   _str_tuple)
-    allowed_hosts: tuple[str, ...] = _setting(
-        (), "If not empty, the only hosts (names or addresses, exactly as in the URL) web-download may fetch "
-        "from; an internal address or an unusual host form written here is allowed on purpose.", _str_tuple)
-    disallowed_hosts: tuple[str, ...] = _setting((), "Hosts refused (when allowed_hosts is empty).", _str_tuple)
-    allowed_ports: tuple[int, ...] = _setting((80, 443), "Ports web-download may connect to.", _port_tuple)
-    disallowed_ports: tuple[int, ...] = _setting((), "Ports refused (when allowed_ports is empty).", _port_tuple)
-    allowed_networks: tuple[str, ...] = _setting(
-        (), "Internal networks (CIDR) web-download may fetch from anyway, e.g. an image mirror inside the cloud.",
-        _network_tuple)
-    max_redirects: int = _setting(5, "Redirects web-download follows, each one checked again, before it gives up.",
-                                  _int)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +126,8 @@ class Settings:
         None, "Where runs make their temporary directory; empty means the system default.", _optional_path
     )
     enabled_import_methods: tuple[str, ...] = _setting(
-        ("glance-direct",), "Import methods offered (Glance's name): glance-direct, web-download.", _str_tuple
+        ("glance-direct",), "Import methods offered (Glance's name): glance-direct, web-download, swift-local.",
+        _str_tuple
     )
     halt: bool = _setting(False, "Kill switch: refuse and stop every import.", _bool)
     halt_file: Path | None = _setting(
@@ -209,6 +137,8 @@ class Settings:
     plugins: PluginSettings = field(default_factory=PluginSettings, metadata={"doc": PluginSettings.__doc__})
     web_download: WebDownloadSettings = field(default_factory=WebDownloadSettings,
                                               metadata={"doc": WebDownloadSettings.__doc__})
+    swift_local: SwiftLocalSettings = field(default_factory=SwiftLocalSettings,
+                                            metadata={"doc": SwiftLocalSettings.__doc__})
     plugin: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: MappingProxyType({}),
         metadata={"doc": "One table per plugin, [plugin.NAME], for its own declared options."},
@@ -229,7 +159,7 @@ class Settings:
 
 
 _SECTIONS: dict[str, type] = {"timeouts": StageTimeouts, "plugins": PluginSettings,
-                               "web_download": WebDownloadSettings}
+                               "web_download": WebDownloadSettings, "swift_local": SwiftLocalSettings}
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
@@ -268,6 +198,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         for value in getattr(settings, name):
             if value not in allowed:
                 raise ConfigError(name, f"unknown format {value!r} (known: {', '.join(allowed)})")
+    if "swift-local" in settings.enabled_import_methods and not settings.swift_local.storage_url:
+        raise ConfigError("swift_local.storage_url", "needed when enabled_import_methods includes swift-local")
     return settings
 
 

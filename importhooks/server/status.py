@@ -18,7 +18,7 @@ A server calls :func:`check` before it acts on a call (it raises
 * ``PUT /stage`` from ``queued`` or ``uploading`` (data may be staged again; the last
   complete upload wins): refused while ``saving`` or ``importing``, and afterwards.
 * ``POST /import`` only from ``uploading``, or from ``queued`` for a method that stages
-  nothing (``web-download``, ``glance-download``).
+  nothing (``web-download``, ``swift-local``, ``glance-download``).
 * ``active`` images are immutable: no data call succeeds on them.
 
 A rejected import ends ``killed`` with a user-safe ``message``, as the seed says. Glance
@@ -64,7 +64,7 @@ class Outcome(enum.StrEnum):
 
 
 #: Import methods that bring their own data instead of reading what was staged.
-METHODS_WITHOUT_STAGING = frozenset({"web-download", "glance-download", "copy-image"})
+METHODS_WITHOUT_STAGING = frozenset({"web-download", "swift-local", "glance-download", "copy-image"})
 
 _ALLOWED: dict[Call, frozenset[ImageStatus]] = {
     Call.UPLOAD: frozenset({ImageStatus.QUEUED}),

@@ -119,7 +119,7 @@ def enabled_names(settings: Settings) -> tuple[str, ...]:
     return tuple(method.name for method in enabled(settings))
 
 
-from . import glance_direct, web_download  # noqa: E402,F401  (they register themselves)
+from . import glance_direct, swift_local, web_download  # noqa: E402,F401  (they register themselves)
 
 # Glance's method for copying from another region: described for the schema, not offered here.
 register(ImportMethod(

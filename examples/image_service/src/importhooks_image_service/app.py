@@ -286,7 +286,9 @@ class Api:
         # Validation with the method's precheck (a DNS lookup for web-download) off the event loop.
         await run_in_threadpool(parse_import_request, body, content_type, self.service.settings,
                                 self.service.import_methods)
-        self.service.start_import(principal, image_id, body, content_type)
+        # The caller's own token, for a method that reads their storage with it (swift-local); never logged.
+        credentials = {"token": request.headers.get(TOKEN_HEADER, "")}
+        self.service.start_import(principal, image_id, body, content_type, credentials)
         return Response(status_code=202)
 
 

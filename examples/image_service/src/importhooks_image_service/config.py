@@ -18,6 +18,8 @@
     enabled_import_methods = ["glance-direct", "web-download"]   # Glance's names
     [web_download]                         # its URL filters: allowed_hosts, allowed_ports...
     allowed_ports = [80, 443]
+    [swift_local]                          # swift-local reads the caller's objects from here, with their token
+    storage_url = "https://swift.example.com/v1/AUTH_{project_id}"
 
     [importhooks]                          # passed to importhooks.settings.settings_from_mapping
     require_os_type = true
@@ -42,11 +44,11 @@ from importhooks.settings import settings_from_mapping
 DEFAULT_PORT = 9292
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _KEYS = ("host", "port", "data_dir", "log_level", "tokens", "importhooks", "policy_file", "max_json_depth",
-         "trusted_upload_checks", "enabled_import_methods", "web_download")
+         "trusted_upload_checks", "enabled_import_methods", "web_download", "swift_local")
 #: Deepest nesting of arrays and objects accepted in a JSON request body (``max_json_depth``).
 DEFAULT_MAX_JSON_DEPTH = 32
 #: Glance's names, top-level as in glance-api.conf; they are importhooks settings (passed on into its table).
-_IMPORT_KEYS = ("enabled_import_methods", "web_download")
+_IMPORT_KEYS = ("enabled_import_methods", "web_download", "swift_local")
 _TOKEN_KEYS = ("user", "project", "roles")
 
 

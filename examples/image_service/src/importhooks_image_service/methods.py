@@ -1,4 +1,4 @@
-"""Imports by methods that bring their own data (web-download): the download in the background, then the import.
+"""Imports by methods that bring their own data (web-download, swift-local): the read in the background, then import.
 
 ``POST /import`` with such a method is answered 202 once the request is valid (a refused URL
 is a 400 there); the image goes ``queued`` -> ``importing`` at once, as in Glance, and one of
@@ -15,7 +15,9 @@ user may import again with another URL. Data the pipeline rejects ends ``killed`
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from importhooks.errors import RequestError
@@ -39,22 +41,26 @@ class MethodImports:
         self._pool = ThreadPoolExecutor(max_workers=service.settings.max_concurrent_imports,
                                         thread_name_prefix="import-method")
 
-    def start(self, method: ImportMethod, job: ImportJob, parameters: dict[str, object], record_json: dict[str, object]
-              ) -> bool:
-        """Set the image ``importing`` (from ``queued``) and queue the download; False if the image changed."""
+    def start(self, method: ImportMethod, job: ImportJob, parameters: dict[str, object], record_json: dict[str, object],
+              credentials: Mapping[str, str] | None = None) -> bool:
+        """Set the image ``importing`` (from ``queued``) and queue the download; False if the image changed.
+
+        ``credentials`` (the caller's token, for swift-local) go to the method only: neither logged nor stored.
+        """
         service = self.service
         if not service.db.update(job.image_id, expect={ImageStatus.QUEUED.value}, status=ImageStatus.IMPORTING.value,
                                  message=None, import_job=record_json):
             return False
-        self._pool.submit(self._run, method, job, parameters)
+        self._pool.submit(self._run, method, job, parameters, MappingProxyType(dict(credentials or {})))
         return True
 
-    def _run(self, method: ImportMethod, job: ImportJob, parameters: dict[str, object]) -> None:
+    def _run(self, method: ImportMethod, job: ImportJob, parameters: dict[str, object],
+             credentials: Mapping[str, str]) -> None:
         service = self.service
         assert method.bring is not None
         try:
             size = method.bring(MethodRequest(job.image_id, parameters, service.staging, service.settings,
-                                              job.request.requester, halted=service.is_halted))
+                                              job.request.requester, credentials, halted=service.is_halted))
             record = service.db.get(job.image_id)
             if record is None or record.status != ImageStatus.IMPORTING.value:  # deleted meanwhile
                 service.staging.discard(job.image_id)

@@ -257,8 +257,12 @@ class ImageService(RecordCalls):
 
     # -- import --------------------------------------------------------------------------
 
-    def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None) -> None:
-        """``POST /import``: validate, set ``importing``, queue the job; returns at once (202)."""
+    def start_import(self, principal: Principal, image_id: str, body: bytes, content_type: str | None,
+                     credentials: Mapping[str, str] | None = None) -> None:
+        """``POST /import``: validate, set ``importing``, queue the job; returns at once (202).
+
+        ``credentials``: the caller's own (``{"token": ...}``), for a method that reads their storage.
+        """
         record = self.get_image(principal, image_id, "import_image")
         # The method's precheck (web-download resolves the URL's host) ran in a worker thread (app.py).
         request = parse_import_request(body, content_type, self.settings, self.import_methods, precheck=False)
@@ -280,7 +284,7 @@ class ImageService(RecordCalls):
         # The job reads the data the import claims (moved out of the way of later uploads).
         job = ImportJob(record.id, ImportRequest(self.staging.claimed_path(record.id), claims, requester))
         if brings and method is not None:
-            if not self.method_imports.start(method, job, dict(request.parameters), job_to_json(job)):
+            if not self.method_imports.start(method, job, dict(request.parameters), job_to_json(job), credentials):
                 raise self._conflict(record.id, Call.IMPORT, request.method)
             return
         if not self.db.update(record.id, expect=_statuses(Call.IMPORT, request.method),
