@@ -18,9 +18,9 @@ entry goes with it):
   bits, an aligned, non-zero host offset, the bytes inside the file) are read from the file
   at the host offsets their L2 entries give. Only an image with no backing file, no
   encryption, no external data file and no incompatible feature other than the compression
-  type and extended L2 entries is mapped; with extended L2 entries only entries that are
-  entirely zero (with their subcluster bitmap) are read this way. A range with any other
-  cluster (compressed, subclusters, anything odd) goes to qemu-img whole.
+  type and extended L2 entries is mapped; with extended L2 entries each subcluster is read
+  by its bitmap (allocated: from the file; zero or unallocated: zeros). A range with any
+  other cluster (compressed, a bitmap qemu calls invalid, anything odd) goes to qemu-img whole.
 
 Only ranges qemu-img still has to read are handed to ``fetch``; the bytes returned are
 those qemu-img returns for every range (tests/test_qcow2_direct_reads.py compares them).
@@ -40,7 +40,6 @@ import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from importhooks import ImportContext
 from importhooks.data import ImageData
@@ -170,41 +169,66 @@ def _extents(read_at: Callable[[int, int], bytes], file_size: int, image: Qcow2M
             guest = (index + number) * cluster
             lo, hi = max(offset, guest), min(offset + size, guest + cluster)
             raw = entries[number * image.stride : (number + 1) * image.stride]
-            host = _cluster(raw, image, file_size, allocated=allocated, end=hi - guest)
-            if host is False:
+            pieces = _cluster(raw, image, file_size, allocated=allocated, start=lo - guest, end=hi - guest)
+            if pieces is None:
                 return None
-            piece_host = None if host is None else host + lo - guest
-            _append(extents, piece_host, hi - lo)
+            for host, length in pieces:
+                _append(extents, host, length)
         index = stop + 1
     return extents
 
 
-def _cluster(raw: bytes, image: Qcow2Map, file_size: int, *, allocated: bool,
-             end: int) -> int | Literal[False] | None:
-    """Where one L2 entry's cluster is read: its host offset, ``None`` (zeros), or ``False`` (by qemu-img).
+def _cluster(raw: bytes, image: Qcow2Map, file_size: int, *, allocated: bool, start: int,
+             end: int) -> list[tuple[int | None, int]] | None:
+    """The pieces (host offset, or ``None`` for zeros) of bytes ``[start, end)`` of one L2 entry's cluster, or
+    ``None`` if qemu-img is to read them.
 
-    An entry that is all zero (with its subcluster bitmap) is unallocated. With ``allocated``,
-    an 8-byte entry with the v3 "reads as zeros" bit reads as zeros and a standard one is read
-    from the file when its first ``end`` bytes lie in it; compressed entries, extended
-    L2 entries that are not all zero, reserved bits, an unaligned or zero host offset, or bit 0
-    in a version 2 image all go to qemu-img.
+    An entry that is all zero (with its subcluster bitmap) is unallocated. With ``allocated``:
+    an 8-byte entry with the v3 "reads as zeros" bit reads as zeros; a standard one is read
+    from the file when the bytes lie in it; with extended L2 entries, each subcluster by its
+    bitmap (:func:`_subclusters`). Compressed entries, reserved bits, an unaligned host
+    offset, a "copied" entry with no offset, or bit 0 in a version 2 image go to qemu-img.
     """
     if raw.count(0) == len(raw):
+        return [(None, end - start)]
+    if not allocated:
         return None
-    if not allocated or image.stride != 8:
-        return False
-    entry = int.from_bytes(raw, "big")
-    zero_flag = 1 if image.version >= 3 else 0
+    entry = int.from_bytes(raw[:8], "big")
+    zero_flag = 1 if image.version >= 3 and image.stride == 8 else 0  # with subclusters, bit 0 is reserved
     if entry & (L2E_COMPRESSED | L2E_RESERVED_TOP) or entry & (image.cluster_size - 1) & ~zero_flag:
-        return False
-    if entry & zero_flag:
-        return None  # v3 "reads as zeros", with a preallocated host cluster or none
+        return None
     host = entry & L1E_OFFSET_MASK
-    if not host:
-        return False  # "copied" and no offset: nothing qemu writes
-    if host + end > file_size:
-        return False  # qemu reads past the end of the file as zeros
-    return host
+    if image.stride == 16:
+        return _subclusters(host, int.from_bytes(raw[8:], "big"), image, file_size, start, end)
+    if entry & zero_flag:
+        return [(None, end - start)]  # v3 "reads as zeros", with a preallocated host cluster or none
+    if not host or host + end > file_size:
+        return None  # "copied" and no offset (nothing qemu writes), or bytes past the end of the file
+    return [(host + start, end - start)]
+
+
+def _subclusters(host: int, bitmap: int, image: Qcow2Map, file_size: int, start: int,
+                 end: int) -> list[tuple[int | None, int]] | None:
+    """Bytes ``[start, end)`` of a cluster with extended L2 entries, by the subcluster bitmap, as qemu reads them.
+
+    Bit ``x`` (0 to 31) says subcluster ``x`` is allocated (at ``host`` plus its offset), bit
+    ``32 + x`` that it reads as zeros; neither is unallocated, zeros with no backing file.
+    Both set for one subcluster, or an allocated one with no host offset, is invalid to qemu
+    (an I/O error): qemu-img reads it.
+    """
+    if (bitmap >> 32) & bitmap & 0xFFFFFFFF or (not host and bitmap & 0xFFFFFFFF):
+        return None
+    size = image.cluster_size // 32
+    pieces: list[tuple[int | None, int]] = []
+    for index in range(start // size, (end - 1) // size + 1):
+        lo, hi = max(start, index * size), min(end, (index + 1) * size)
+        if bitmap >> index & 1:
+            if host + hi > file_size:
+                return None
+            _append(pieces, host + lo, hi - lo)
+        else:
+            _append(pieces, None, hi - lo)
+    return pieces
 
 
 def _append(extents: list[tuple[int | None, int]], host: int | None, length: int) -> None:
