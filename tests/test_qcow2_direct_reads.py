@@ -225,6 +225,8 @@ def hostile(tmp_path: Path, name: str) -> Path:
         q.set_l2_entry(path, 0, copied | (1 << 40))
     elif name == "two entries, one cluster":
         q.set_l2_entry(path, 1, first_data_entry(path))
+    elif name == "onto the header":  # offset 0: unallocated to qemu whatever the flags say
+        q.set_l2_entry(path, 0, copied)
     elif name == "low bits set":
         q.set_l2_entry(path, 0, first_data_entry(path) | 0x200)
     return path
@@ -264,7 +266,7 @@ def test_hostile_mappings_are_rejected_before_any_guest_read(name: str, settings
     assert not [m for m in logs(QEMU) if "qemu-img convert" in m]
 
 
-@pytest.mark.parametrize("name", ["past the end", "low bits set"])
+@pytest.mark.parametrize("name", ["past the end", "low bits set", "onto the header"])
 def test_unsound_entries_are_never_read_directly(name: str, tmp_path: Path) -> None:
     path = hostile(tmp_path, name)
     image = mapped(path)
@@ -314,3 +316,14 @@ def test_a_compressed_qcow2_still_goes_to_qemu_img(settings, tmp_path: Path, log
     assert result.detected["filesystems"] == ["vfat", "ext4"]
     assert [m for m in logs(QEMU) if "qemu-img convert" in m]
     assert any("0+131072 (qcow2): qemu-img" in m for m in logs(READS))
+
+
+def test_a_partly_scanned_qcow2_goes_to_qemu_img(settings, tmp_path: Path, logs) -> None:
+    """The qcow2 plugin did not walk every L2 table (max_l2_scan_bytes): its clusters are not vouched for."""
+    _raw, path = linux_qcow2(tmp_path)
+    partly = settings.replace(plugin={"qcow2": {"max_l2_scan_bytes": 1024}})
+    result = audit(partly, path, os_type="linux")
+    assert result.verdict is Verdict.ACCEPT and codes(result) == ["qcow2.scan_limit"]
+    assert result.detected["qemu_img_check"] == "passed" and result.detected["filesystems"] == ["vfat", "ext4"]
+    assert [m for m in logs(QEMU) if "qemu-img convert" in m]
+    assert not any(m.endswith(": tables") for m in logs(READS))
