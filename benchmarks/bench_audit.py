@@ -3,7 +3,7 @@
 Run on demand (pytest never collects it)::
 
     .venv/bin/python benchmarks/bench_audit.py [--dir DIR] [--runs N] [--only a|b] [--json] [--importtime]
-                                                [--keep-env]
+                                                [--keep-env] [--before DIR]
 
 Two benchmarks, each timing fresh processes (what a conversion worker or an
 operator's shell pays), interleaved run by run so that drift and other load hit
@@ -46,6 +46,11 @@ installed package has it (``pip install`` compiles it; an editable install under
 ``PYTHONDONTWRITEBYTECODE=1`` would recompile importhooks' 10,000 lines in every
 process, about 50 ms). ``--keep-env`` runs the children in the environment as it
 is instead.
+
+``--before DIR`` adds, to (b)'s interleaving, the same audit with ``DIR`` first on
+``PYTHONPATH``: ``DIR`` holds the ``importhooks`` and ``importhooks_plugins`` packages of
+an older tree (``git archive OLD importhooks plugins``, ``plugins`` renamed), so old and
+new code are timed run by run under the same load.
 
 Files go to a new directory made with ``tempfile.mkdtemp(dir=--dir)`` and removed at
 the end; (a) needs 2 GiB free there (checked first). Exit status 0 when every
@@ -121,11 +126,15 @@ class Variant:
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     last_stdout: bytes = b""
+    pythonpath: str | None = None  # put first on the child's PYTHONPATH (--before)
 
     def run(self, check: bool = True) -> None:
+        env = CHILD_ENV
+        if self.pythonpath is not None:
+            env = {**(CHILD_ENV if CHILD_ENV is not None else os.environ), "PYTHONPATH": self.pythonpath}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        done = subprocess.run(self.argv, capture_output=True, check=False, env=CHILD_ENV)
+        done = subprocess.run(self.argv, capture_output=True, check=False, env=env)
         self.wall.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
@@ -252,7 +261,7 @@ def make_qcow2(path: Path, virtual: int) -> Path:
     return path
 
 
-def bench_qcow2(root: Path, runs: int) -> dict[str, Any]:
+def bench_qcow2(root: Path, runs: int, before: Path | None = None) -> dict[str, Any]:
     """(b): audit of a 100 GiB sparse qcow2 / oslo.utils detect_file_format + safety_check, fresh processes."""
     need_tools("qemu-img", "qemu-io")
     big = make_qcow2(root / "big-100g.qcow2", 100 * GIB)
@@ -273,6 +282,11 @@ def bench_qcow2(root: Path, runs: int) -> dict[str, Any]:
                       [str(PYTHON), "-m", "oslo_concurrency.prlimit", f"--as={GIB}", "--cpu=30", "--",
                        "qemu-img", "info", "--output=json", "--force-share", "-f", "qcow2", "--", str(big)])
     variants = [audit_big, audit_small, oslo, startup, imports, oslo_import, qemu, prlimit]
+    older = None
+    if before is not None:
+        older = Variant(f"importhooks audit, 100 GiB qcow2, --before {before.name}",
+                        [str(IMPORTHOOKS), "audit", "--format", "json", str(big)], pythonpath=str(before))
+        variants.insert(1, older)
     for variant in variants:  # untimed warm-up: page cache for the interpreter and libraries
         variant.run()
     document = audit_json(audit_big.last_stdout)
@@ -289,7 +303,10 @@ def bench_qcow2(root: Path, runs: int) -> dict[str, Any]:
     ratio = audit_big.median / oslo.median
     cpu_ratio = statistics.median(audit_big.cpu) / statistics.median(oslo.cpu)
     flat = abs(audit_big.median - audit_small.median) / audit_small.median
-    return {"file_bytes": big.stat().st_size, "variants": {v.label: v.summary() for v in variants},
+    compared = {} if older is None else {
+        "before_ratio": older.median / oslo.median,
+        "before_cpu_ratio": statistics.median(older.cpu) / statistics.median(oslo.cpu)}
+    return {**compared, "file_bytes": big.stat().st_size, "variants": {v.label: v.summary() for v in variants},
             "ratio": ratio, "target": TARGET_B, "met": ratio <= TARGET_B, "goal": GOAL_B, "cpu_ratio": cpu_ratio,
             "flat_difference": flat, "flat_target": TARGET_FLAT, "flat_met": flat <= TARGET_FLAT,
             "audit_elapsed_s": document.get("elapsed_s")}
@@ -327,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep-env", action="store_true",
                         help="run the children in this environment as it is (default: bytecode cached, see above)")
+    parser.add_argument("--before", type=Path, metavar="DIR",
+                        help="(b): also time the audit with DIR first on PYTHONPATH, interleaved: DIR holds the "
+                             "importhooks and importhooks_plugins packages of an older tree (git archive)")
     parser.add_argument("--importtime", action="store_true",
                         help="also print the slowest imports of the audit (python -X importtime), for (b)")
     args = parser.parse_args(argv)
@@ -346,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             report["a"] = bench_raw(root, args.runs)
             (root / "pattern.raw").unlink()
         if args.only in (None, "b"):
-            report["b"] = bench_qcow2(root, args.runs)
+            report["b"] = bench_qcow2(root, args.runs, args.before.resolve() if args.before else None)
             if args.importtime:
                 report["b"]["importtime"] = import_times(root / "big-100g.qcow2")
     except BenchError as exc:
@@ -385,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
               f"   (goal <= {GOAL_B:.1f})")
         print(f"  (CPU time, the audit's qemu-img processes included: {b['cpu_ratio']:.2f}; steadier than the "
               "wall time when other work shares the CPUs)")
+        if "before_ratio" in b:
+            print(f"  (--before: ratio {b['before_ratio']:.2f}, CPU {b['before_cpu_ratio']:.2f})")
         flat = "met" if b["flat_met"] else "MISSED"
         print(f"  audit 100 GiB vs 1 GiB: {audit_big:.3f} s vs {audit_small:.3f} s, "
               f"{100 * b['flat_difference']:.1f} % apart   target <= {100 * TARGET_FLAT:.0f} %: {flat}")

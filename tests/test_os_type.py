@@ -164,7 +164,7 @@ def test_ntfs_claimed_linux_inside_an_ova_is_rejected(settings, disks, tmp_path)
 
 def test_a_read_failure_rejects(settings, disks, tmp_path):
     broken = settings.replace(plugin={"os_type": {"binary": str(tmp_path / "no-such-qemu-img")}})
-    result = rejected_with(broken, convert(disks["linux_gpt"], "qcow2", tmp_path / "l.qcow2"),
+    result = rejected_with(broken, convert(disks["linux_gpt"], "vdi", tmp_path / "l.vdi"),  # read by qemu-img
                            "os_type.read_failed", os_type="linux")
     assert "qemu-img program not found" in next(f.detail for f in result.findings if f.code == "os_type.read_failed")
 

@@ -153,8 +153,8 @@ def test_an_unallocated_qcow2_is_read_without_qemu_img_convert(settings, tmp_pat
 def test_a_guest_block_is_read_by_qemu_img_once_per_layer(settings, tmp_path, qemu_runs):
     raw = tmp_path / "l.raw"
     gi.partitioned_disk(raw, "gpt", ["vfat", "ext4"])
-    path = tmp_path / "l.qcow2"
-    images.qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(path))
+    path = tmp_path / "l.qcow2"  # compressed: its blocks go to qemu-img (test_qcow2_direct_reads.py)
+    images.qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(path))
     result = audit(settings, path, os_type="linux")
     assert result.verdict is Verdict.ACCEPT and result.detected["filesystems"] == ["vfat", "ext4"]
     sector_0 = [run for run in qemu_runs("convert") if '"offset": 0, "size": 131072' in run]

@@ -241,3 +241,5 @@ def importhooks_inspect(context: ImportContext) -> None:
         return
     if report is not None:
         judge_check(context, report)
+        if not context.has_errors():
+            facts["qemu_img_check"] = "passed"  # read by _guest_reads before it reads a qcow2's clusters itself
