@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from importhooks_plugins.guest.os_type import BLOCK, _Blocks
+from importhooks_plugins.guest._guest_blocks import BLOCK, GuestBlocks
 
 from importhooks import Severity, Verdict
 from importhooks.settings import PluginSettings
@@ -227,7 +227,7 @@ def test_blocks_return_the_guest_bytes_and_never_read_past_the_disk(size, reads)
             asked.append((offset, length))
         return b"".join(guest[offset : offset + length] for offset, length in ranges)
 
-    blocks = _Blocks(fetch, size, 64 * BLOCK)
+    blocks = GuestBlocks(fetch, size, 64 * BLOCK)
     sectors = size // 512 * 512
     for offset, length in reads:
         got = blocks.read(offset, length)

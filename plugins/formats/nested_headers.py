@@ -22,8 +22,9 @@ within the read limits, is an error (``nested.unsafe``). A disk with more
 places than ``max_probes``, or whose partition tables and headers need more than ``max_read``
 bytes, is rejected (``nested.incomplete``): fail closed. Runs ``trylast`` in ``inspect``, after
 every other check, and only on a bare disk layer no check rejected (so qemu-img only reads disks
-its format plugin passed). The guest is read the way ``os_type`` reads it (:class:`.os_type._Blocks`
-over :func:`._qemu.read_guest`; partitions from :func:`._guest_layout.read_layout`).
+its format plugin passed). The guest is read the way ``os_type`` reads it (a
+:class:`~importhooks_plugins.guest._guest_blocks.GuestBlocks` over :func:`._qemu.read_guest`;
+partitions from :func:`._guest_layout.read_layout`).
 Fact: ``nested_headers``, the places and formats found.
 """
 
@@ -34,8 +35,8 @@ from typing import Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
+from ..guest._guest_blocks import DIRECT, THROUGH_QEMU, GuestBlocks
 from ..guest._guest_layout import ReadBudgetExhausted
-from ..guest.os_type import DIRECT, THROUGH_QEMU, _Blocks
 from . import _qemu
 from ._nested_formats import PROBE_BYTES, SECTOR, examine, sniff
 from ._nested_places import Incomplete, places_to_probe
@@ -166,7 +167,7 @@ def _guest(context: ImportContext, options: Mapping[str, Any]) -> list[tuple[str
             except _qemu.QemuError as exc:
                 raise _ReadFailed(f"{exc.kind}: {exc.detail}") from None
 
-        blocks = _Blocks(fetch, size, options["max_read"])
+        blocks = GuestBlocks(fetch, size, options["max_read"])
         return _probe(context, blocks.read, size, options, guest_zero=True, prefetch=blocks.prefetch)
 
 

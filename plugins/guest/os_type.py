@@ -32,23 +32,18 @@ partition (:mod:`._guest_layout`): no mounting, no executing, no guest tools.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from importhooks import FindingCode, ImportContext, PluginOption, PluginOptions, Severity, hookimpl
 
 from ..formats import _qemu
 from ._filesystems import OsEvidence, os_evidence
-from ._guest_layout import GuestLayout, ReadBudgetExhausted, read_layout
+from ._guest_blocks import DIRECT, THROUGH_QEMU, GuestBlocks
+from ._guest_layout import GuestLayout, read_layout
 from ._partition_codes import CODES as LAYOUT_CODES
 
 SECTION = "os_type"
-#: Guest bytes fetched per block from a qemu-read disk.
-BLOCK = 128 << 10
-SECTOR = 512
-#: Disk formats read directly from the data, and those qemu-img reads through their mapping.
-DIRECT = frozenset({"raw", "iso"})
-THROUGH_QEMU = frozenset({"qcow2", "vmdk", "vhd", "vhdx", "vdi", "qed"})
 #: Property names this plugin sets (all protected by the default ``protected_properties``).
 PROPERTY_DETECTED = "importhooks_os_type_detected"
 PROPERTY_TABLE = "importhooks_partition_table"
@@ -120,55 +115,6 @@ class _ReadFailed(Exception):
     """Reading the guest failed; the message is the operator detail."""
 
 
-class _Blocks:
-    """Guest bytes of a qemu-read disk, fetched :data:`BLOCK` at a time and cached, within a budget."""
-
-    def __init__(self, fetch: Callable[[list[tuple[int, int]]], bytes], disk_size: int, budget: int) -> None:
-        self._fetch = fetch
-        self._size = disk_size
-        self._budget = budget
-        self._cache: dict[int, bytes] = {}
-
-    def _span(self, block: int) -> tuple[int, int]:
-        start = block * BLOCK
-        return start, min(BLOCK, self._size - start) // SECTOR * SECTOR
-
-    def _load(self, blocks: list[int], *, required: bool) -> None:
-        spans = []
-        for block in sorted(set(blocks) - set(self._cache)):
-            span = self._span(block)
-            if span[1] <= 0:
-                self._cache[block] = b""
-                continue
-            if span[1] > self._budget:
-                if required:
-                    raise ReadBudgetExhausted
-                break
-            self._budget -= span[1]
-            spans.append((block, span))
-        if not spans:
-            return
-        data = self._fetch([span for _block, span in spans])
-        position = 0
-        for block, (_start, size) in spans:
-            self._cache[block] = data[position : position + size]
-            position += size
-
-    @staticmethod
-    def _blocks(offset: int, size: int) -> list[int]:
-        return list(range(offset // BLOCK, (offset + max(size, 1) - 1) // BLOCK + 1))
-
-    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
-        self._load([b for offset, size in ranges for b in self._blocks(offset, size)], required=False)
-
-    def read(self, offset: int, size: int) -> bytes:
-        blocks = self._blocks(offset, size)
-        self._load(blocks, required=True)
-        data = b"".join(self._cache[b] for b in blocks)
-        skip = offset - blocks[0] * BLOCK
-        return data[skip : skip + size]
-
-
 def _layout(context: ImportContext, options: Mapping[str, Any]) -> GuestLayout:
     """The guest's layout, read directly or through qemu-img; raises _Unreadable or _ReadFailed."""
     facts = context.facts
@@ -195,7 +141,7 @@ def _layout(context: ImportContext, options: Mapping[str, Any]) -> GuestLayout:
             except _qemu.QemuError as exc:
                 raise _ReadFailed(f"{exc.kind}: {exc.detail}") from None
 
-        blocks = _Blocks(fetch, size, 2 * cap)
+        blocks = GuestBlocks(fetch, size, 2 * cap)
         return read_layout(blocks.read, size, cap=cap, prefetch=blocks.prefetch)
 
 
