@@ -10,6 +10,7 @@ always removed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 from . import codes
 from .context import ImportContext
-from .data import ImageData
+from .data import ImageData, describe_os_error
 from .errors import ConfigError, Halted, RunAborted, StageTimeout
 from .events import Event, EventType
 from .findings import Finding, FindingCode, FindingSink, Severity, Verdict, verdict_of
@@ -35,6 +36,8 @@ from .settings import PluginOptions, Settings
 log = logging.getLogger("importhooks.pipeline")
 
 _PROGRESS_INTERVAL = 1.0
+#: Write errors that mean the work directory is full: ``pipeline.no_space``, not a plugin failure.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class RunControl:
@@ -189,6 +192,9 @@ class _Run:
             if code is not None and self.control.cancelled is None:  # the watcher recorded a cancel already
                 self.framework_finding(code, exc.detail or None)
             return  # Rejected: the plugin reported its finding itself
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            self.framework_finding(codes.NO_SPACE, f"{describe_os_error(exc)} in {self.stage}", plugin=plugin)
+            return
         detail = describe_exception(exc)
         log.error("plugin %r failed in %s of request %s: %s", plugin, self.stage, self.context.request_id, detail)
         self.framework_finding(codes.PLUGIN_FAILED, detail, plugin=plugin)
@@ -248,6 +254,8 @@ class _Run:
         if self.sink.has_errors():
             return
         self._call("finalize")
+        for layer in self.context.layers:  # what was checked is still what the paths name
+            layer.verify()
         self.completed = not self.sink.has_errors()
 
     def _merge_properties(self, returned: Any) -> None:
