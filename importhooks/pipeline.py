@@ -23,7 +23,7 @@ from typing import Any
 
 from . import codes
 from .context import ImportContext
-from .data import ImageData, describe_os_error
+from .data import ImageData, describe_os_error, pin_mmap_threshold, release_free_memory
 from .errors import ConfigError, Halted, RunAborted, StageTimeout
 from .events import Event, EventType
 from .findings import Finding, FindingCode, FindingSink, Severity, Verdict, verdict_of
@@ -105,6 +105,7 @@ class Pipeline:
         self.enabled_plugins = frozenset(name for name, info in registry.infos.items() if info.enabled)
         #: Resolved ``[plugin.SECTION]`` options, by section.
         self.options = _resolve_options(settings, registry)
+        pin_mmap_threshold()  # once per process: large read buffers never stay in malloc's arenas
         work_dir = settings.work_dir
         if work_dir is not None and not (work_dir.is_dir() and os.access(work_dir, os.W_OK | os.X_OK)):
             raise ConfigError("work_dir", f"not a writable directory: {work_dir}")
@@ -140,6 +141,7 @@ class Pipeline:
             return result
         finally:
             workdir.remove()
+            release_free_memory()
 
 
 class _LazyDir:
