@@ -179,7 +179,7 @@ def mixed_images(directory: Path) -> list[tuple[str, Path]]:
     disk = zip_images.disk_bytes(256 << 10)
     add("gzip", compression_images.write(directory / "disk.raw.gz", compression_images.compress("gzip", disk)))
     add("xz", compression_images.write(directory / "disk.raw.xz", compression_images.compress("xz", disk)))
-    add("gzip bomb", compression_images.write(directory / "bomb.gz", compression_images.gzip_zeros(64 << 20)))
+    add("gzip of zeros", compression_images.write(directory / "zeros.gz", compression_images.gzip_zeros(8 << 20)))
     add("zip", zip_images.write(directory / "disk.zip", zip_images.zip_bytes({"disk.raw": disk})))
     add("zip traversal", zip_images.write(directory / "evil.zip", zip_images.zip_bytes({"../disk.raw": disk})))
     vmdk = (directory / "stream.vmdk").read_bytes()
@@ -187,6 +187,11 @@ def mixed_images(directory: Path) -> list[tuple[str, Path]]:
     hostile = ova_images.package(vmdk)
     hostile.extra.append(ova_images.symlink("lnk", "/etc/passwd"))
     add("ova symlink", hostile.write(directory / "evil.ova"))
+    dotdot = ova_images.package(vmdk)
+    dotdot.extra.append(ova_images.regular("../../evil", b"x"))
+    add("ova dotdot", dotdot.write(directory / "dotdot.ova"))
+    head = (directory / "disk.qcow2").read_bytes()[:4096]
+    add("qcow2 truncated", compression_images.write(directory / "truncated.qcow2", head))
     add("garbage", compression_images.write(directory / "noise.bin", compression_images.random_after_magic("xz")))
     return made
 
