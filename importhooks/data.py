@@ -19,7 +19,6 @@ finding and a reject.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import hashlib
@@ -287,8 +286,10 @@ MMAP_THRESHOLD = 128 << 10
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """The C library, if it is glibc (it has ``mallopt`` and ``malloc_trim``); ``None`` elsewhere."""
+def _libc() -> Any:
+    """The C library (a ``ctypes.CDLL``) if it has ``mallopt`` and ``malloc_trim`` (glibc); else ``None``."""
+    import ctypes  # only here: most imports of importhooks never build a Pipeline
+
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
