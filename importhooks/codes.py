@@ -52,12 +52,34 @@ READ_BUDGET = FindingCode(
 DATA_CHANGED = FindingCode(
     "data.changed",
     "The image data changed while it was being checked.",
-    "The staged file grew or shrank during the run; nothing should write to staged data.",
+    "The staged file grew, shrank or was rewritten in place (its modification time changed) during the "
+    "run; nothing should write to staged data. The detail says what changed.",
+)
+DATA_REPLACED = FindingCode(
+    "data.replaced",
+    "The image data changed while it was being checked.",
+    "The staged path names another file than the one the run opened first (another file was renamed "
+    "over it, or it was removed): what was checked is not what would be stored. Nothing should touch "
+    "staged data during a run.",
+)
+DATA_READ_ERROR = FindingCode(
+    "data.read_error",
+    "The image data could not be read.",
+    "Reading the data failed with an operating-system error (EIO from a failing disk, a network or FUSE "
+    "filesystem); the detail names the error. The image is rejected rather than checked in part; check "
+    "the storage under the staging area and retry the import.",
+)
+NO_SPACE = FindingCode(
+    "pipeline.no_space",
+    "The image could not be checked: the checker ran out of temporary space.",
+    "A plugin's write to the run's temporary directory (work_dir) failed with ENOSPC or EDQUOT, e.g. a "
+    "compressed image unpacking to more than the work directory holds. Give work_dir more space, or "
+    "lower the unpacked-size limits so such images are refused before they fill it.",
 )
 
 FRAMEWORK_CODES: tuple[FindingCode, ...] = (
     PLUGIN_FAILED, TIMEOUT, HALTED, INCOMPLETE, TOO_MANY_PASSES, PROPERTY_CONFLICT, BAD_PROPERTY,
-    READ_BUDGET, DATA_CHANGED,
+    READ_BUDGET, DATA_CHANGED, DATA_REPLACED, DATA_READ_ERROR, NO_SPACE,
 )
 BY_NAME: dict[str, FindingCode] = {code.code: code for code in FRAMEWORK_CODES}
 

@@ -55,9 +55,21 @@ class ReadBudgetExceeded(RunAborted):
 
 
 class DataChanged(RunAborted):
-    """The data changed size while it was being read."""
+    """The data changed size (or was rewritten) while it was being checked."""
 
     code = "data.changed"
+
+
+class DataReplaced(RunAborted):
+    """The data's path names another file than the one being checked (renamed over, or removed)."""
+
+    code = "data.replaced"
+
+
+class DataReadError(RunAborted):
+    """Reading the data failed with an operating-system error (EIO from the disk, a network filesystem)."""
+
+    code = "data.read_error"
 
 
 class StageTimeout(RunAborted):

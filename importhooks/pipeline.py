@@ -11,6 +11,7 @@ always removed.
 from __future__ import annotations
 
 import contextvars
+import errno
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from typing import Any
 
 from . import codes
 from .context import ImportContext
-from .data import ImageData
+from .data import ImageData, describe_os_error, pin_mmap_threshold, release_free_memory
 from .errors import ConfigError, Halted, RunAborted, StageTimeout
 from .events import Event, EventType
 from .findings import Finding, FindingCode, FindingSink, Severity, Verdict, verdict_of
@@ -36,6 +37,8 @@ from .settings import PluginOptions, Settings
 log = logging.getLogger("importhooks.pipeline")
 
 _PROGRESS_INTERVAL = 1.0
+#: Write errors that mean the work directory is full: ``pipeline.no_space``, not a plugin failure.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 #: The resolved ``[plugin.SECTION]`` options of the pipeline whose :meth:`Pipeline.notify` is sending an
 #: event: a notifier reads its options here when the event comes without a run context (``accepted``).
@@ -108,6 +111,7 @@ class Pipeline:
         self.enabled_plugins = frozenset(name for name, info in registry.infos.items() if info.enabled)
         #: Resolved ``[plugin.SECTION]`` options, by section.
         self.options = _resolve_options(settings, registry)
+        pin_mmap_threshold()  # once per process: large read buffers never stay in malloc's arenas
         work_dir = settings.work_dir
         if work_dir is not None and not (work_dir.is_dir() and os.access(work_dir, os.W_OK | os.X_OK)):
             raise ConfigError("work_dir", f"not a writable directory: {work_dir}")
@@ -147,6 +151,7 @@ class Pipeline:
             return result
         finally:
             workdir.remove()
+            release_free_memory()
 
 
 class _LazyDir:
@@ -199,6 +204,9 @@ class _Run:
             if code is not None and self.control.cancelled is None:  # the watcher recorded a cancel already
                 self.framework_finding(code, exc.detail or None)
             return  # Rejected: the plugin reported its finding itself
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            self.framework_finding(codes.NO_SPACE, f"{describe_os_error(exc)} in {self.stage}", plugin=plugin)
+            return
         detail = describe_exception(exc)
         log.error("plugin %r failed in %s of request %s: %s", plugin, self.stage, self.context.request_id, detail)
         self.framework_finding(codes.PLUGIN_FAILED, detail, plugin=plugin)
@@ -258,6 +266,8 @@ class _Run:
         if self.sink.has_errors():
             return
         self._call("finalize")
+        for layer in self.context.layers:  # what was checked is still what the paths name
+            layer.verify()
         self.completed = not self.sink.has_errors()
 
     def _merge_properties(self, returned: Any) -> None:

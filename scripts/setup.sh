@@ -26,10 +26,11 @@ die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
 # (cryptsetup-bin) tools build test images; zip builds the zip fixtures (tests/zip_images.py);
 # genisoimage (mkisofs -udf: UDF-bridge media, also for tests/test_oslo_parity.py), udfclient (writes
 # files into a UDF image without mounting) and mtools (the same for FAT) build Windows installation
-# media for the os_type tests.
+# media for the os_type tests. fuse3 (libfuse3, which mfusepy loads): tests/test_faults.py serves a
+# file whose reads fail with EIO through FUSE (this sandbox has no device-mapper for an 'error' target).
 APT_PACKAGES=(qemu-utils libmagic1 libarchive13 e2fsprogs dosfstools ntfs-3g xfsprogs
               fdisk gdisk zstd xz-utils bzip2 xorriso isolinux exfatprogs btrfs-progs cryptsetup-bin udftools
-              zip genisoimage udfclient mtools)
+              zip genisoimage udfclient mtools fuse3)
 # gcc, python3-dev: pip builds uWSGI from source for .venv-glance (step 3b: the Glance tests).
 APT_PACKAGES+=(gcc python3-dev)
 
