@@ -6,8 +6,9 @@
   ``[plugins] enabled`` list would import arbitrary modules.
 * ``import_request``: ``importhooks.server.validation``: the first byte picks the content type and
   whether ``require_os_type`` is set, the rest is the body of ``POST /v2/images/{id}/import``.
-* ``service_body``: the reference service's ``POST /v2/images`` body as its app parses it (JSON,
-  then ``validate_new_image``), or, when the first byte says so, its upload size headers.
+* ``service_body``: the reference service's ``POST /v2/images`` body as its app parses it
+  (``json_body``, then ``validate_new_image``), or, when the first byte says so, its upload
+  size headers (``declared_size``).
 
 Only :class:`~importhooks.errors.RequestError` may leave the request parsers, and its message
 (shown to the user) must be one printable line of bounded length.
@@ -15,7 +16,6 @@ Only :class:`~importhooks.errors.RequestError` may leave the request parsers, an
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import weakref
@@ -49,13 +49,17 @@ def _check_message(exc: RequestError) -> None:
         raise FuzzFailure(f"{type(exc).__name__} with an unsafe user message {text[:200]!r}")
 
 
+#: What :func:`_refused` returns for a refusal (``None`` is a valid JSON document).
+REFUSED = object()
+
+
 def _refused(call: Callable[..., object], *args: object, **kwargs: object) -> object:
-    """``call(...)``, or ``None`` if it refused with a :class:`RequestError` whose message is safe."""
+    """``call(...)``, or :data:`REFUSED` if it refused with a :class:`RequestError` whose message is safe."""
     try:
         return call(*args, **kwargs)
     except RequestError as exc:
         _check_message(exc)
-        return None
+        return REFUSED
     except Exception as exc:
         raise FuzzFailure(f"{type(exc).__name__} escaped {call.__qualname__}: {exc}") from exc
 
@@ -87,7 +91,7 @@ def _import_request_target() -> OneInput:
         settings = strict if selector & 0x80 else plain
         content_type = CONTENT_TYPES[selector % len(CONTENT_TYPES)]
         parsed = _refused(parse_import_request, body, content_type, settings)
-        if parsed is None:
+        if parsed is REFUSED:
             return None
         image = IMAGE_RECORDS[(selector >> 3) % len(IMAGE_RECORDS)]
         return _refused(import_claims, parsed, image, settings, {"hw_disk_bus": "virtio"})
@@ -106,9 +110,8 @@ def _service_body_target() -> OneInput:
             if selector & 0x20:
                 headers["Content-Length"] = second
             return _refused(service_validation.declared_size, headers)
-        try:  # what the app does before calling the service (a 400 there)
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        document = _refused(service_validation.json_body, body)  # what the app does first
+        if document is REFUSED:
             return None
         return _refused(service_validation.validate_new_image, document, settings, admin=bool(selector & 1))
     return one

@@ -61,7 +61,7 @@ def parse_import_request(body: bytes, content_type: str | None, settings: Settin
         raise BadRequest(f"The import request is larger than {MAX_BODY} bytes.", field="body")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays or objects nested too deeply
         raise BadRequest("The import request is not valid JSON.", field="body") from None
     error = best_match(Draft202012Validator(import_schema(settings, methods)).iter_errors(document))
     if error is not None:

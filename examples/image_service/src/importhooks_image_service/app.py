@@ -19,11 +19,9 @@ maps by its ``.status``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -41,6 +39,7 @@ from .config import Principal, ServiceConfig
 from .documents import base_url, error_document, image_schema, images_document, render_image, versions_document
 from .errors import Unauthorized
 from .service import ImageService
+from .validation import json_body
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +121,7 @@ class Api:
         principal = principal_of(request)
         if not _is_json(request.headers.get("content-type")):
             raise UnsupportedMediaType("The request body must be JSON (Content-Type: application/json).")
-        raw = await read_json_body(request)
-        try:
-            body: Any = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("The request body is not valid JSON.", field="body") from None
+        body = json_body(await read_json_body(request))
         record = self.service.create_image(principal, body)
         image_url = f"{base_url(str(request.base_url))}/v2/images/{record.id}"
         # The SDK imports only when the 201 names the method; none while halted.

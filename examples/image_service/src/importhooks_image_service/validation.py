@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,14 @@ MAX_NAME = 255
 
 def _where(error: Any) -> str:
     return ".".join(str(part) for part in error.absolute_path) or "body"
+
+
+def json_body(raw: bytes) -> Any:
+    """The parsed JSON of a request body, or a 400: not JSON, not UTF-8, or nested too deeply to parse."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadRequest("The request body is not valid JSON.", field="body") from None
 
 
 def validate_new_image(body: object, settings: Settings, *, admin: bool) -> tuple[dict[str, Any], dict[str, str]]:
