@@ -8,7 +8,8 @@ unless given; scripts/fuzz.sh adds the time, the artifact directory and the memo
 see fuzz/README.md.
 
 ``python -m fuzz.run --all [libFuzzer options]`` runs every target in turn, each in a child
-forked after the (slow) instrumented imports; it prints one
+forked after the (slow) instrumented imports, its temporary files in a directory removed
+when it ends (libFuzzer leaves by ``exit()``, past Python's clean-up); it prints one
 ``fuzz.run: TARGET exit N`` line per target and exits 1 if any child failed. The test suite
 uses it for its short run of every target.
 """
@@ -19,7 +20,9 @@ import importlib
 import logging
 import os
 import pkgutil
+import shutil
 import sys
+import tempfile
 
 import atheris
 
@@ -61,13 +64,16 @@ def _all(targets: dict[str, Target], options: list[str]) -> int:
     for target in targets.values():
         sys.stdout.flush()
         sys.stderr.flush()
+        scratch = tempfile.mkdtemp(prefix="importhooks-fuzz-")  # the child's temporary files, removed here
         pid = os.fork()
         if pid == 0:
             try:
+                tempfile.tempdir = scratch
                 _fuzz(target, options)
             finally:
                 os._exit(70)  # Fuzz() returned or raised before libFuzzer started
         status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        shutil.rmtree(scratch, ignore_errors=True)
         print(f"fuzz.run: {target.name} exit {status}", file=sys.stderr, flush=True)
         failed += status != 0
     return 1 if failed else 0
