@@ -29,12 +29,12 @@ def _ovf() -> OneInput:
 
 register(Target("ova", "containers", "ova, tar_headers, tar_reader, tar_rules, ovf: an OVA unpacked",
                 lambda: PipelineHarness(("content_type", "ova", "ovf", "disk_format"),
-                                        Claims(container_format="ova")), "tar.dict", 128 * KIB))
+                                        Claims(container_format="ova")), "tar.dict", 256 * KIB))
 register(Target("ovf", "containers", "ovf.parse_descriptor: the OVF XML, through defusedxml",
                 _ovf, "ovf.dict", 16 * KIB))
 register(Target("zip", "containers", "zip and _zip_local: central directory, local headers, inflate",
                 lambda: PipelineHarness(("content_type", "zip", "disk_format"),
-                                        Claims(container_format="compressed")), "zip.dict", 64 * KIB))
+                                        Claims(container_format="compressed")), "zip.dict", 128 * KIB))
 register(Target("compression", "containers", "compression, _gzip, _xz: gzip/xz/bzip2/zstd and their budgets",
                 lambda: PipelineHarness(("content_type", "compression", "disk_format"),
                                         Claims(container_format="compressed")), "compression.dict", 64 * KIB))

@@ -34,6 +34,6 @@ register(Target("vdi", "formats", "vdi: pre-header, header and block map",
 register(Target("qed", "formats", "qed: header, L1 and L2 tables",
                 lambda: _pipeline("qed", claim="qed"), "qed.dict", 128 * KIB))
 register(Target("luks", "formats", "luks: LUKS1 phdr and key slots, LUKS2 binary and JSON headers",
-                lambda: _pipeline("luks", claim="luks"), "luks.dict", 64 * KIB))
+                lambda: _pipeline("luks", claim="luks"), "luks.dict", 4096 * KIB))
 register(Target("nested_headers", "formats", "nested_headers: disk headers inside partitions and at offsets",
                 lambda: _pipeline("nested_headers", claim="raw"), "nested.dict", 256 * KIB))

@@ -35,9 +35,11 @@ def _read(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _qemu(work: Path, kind: str, fmt: str, size: str = "1M") -> bytes:
-    path = b.qemu_image(work / f"{kind}.img", kind, size)
-    b.write_clusters(path, fmt, (0, 4096), (512 * KIB, 4096))
+def _qemu(work: Path, kind: str, fmt: str, size: str = "1M", *, written: bool = True) -> bytes:
+    """An image made by ``qemu-img create``; ``written``: with data at two places (``qemu-io``)."""
+    path = b.qemu_image(work / f"{kind}{'' if written else '-empty'}.img", kind, size)
+    if written:
+        b.write_clusters(path, fmt, (0, 4096), (512 * KIB, 4096))
     return path.read_bytes()
 
 
@@ -56,12 +58,14 @@ def _formats(work: Path) -> dict[str, Seeds]:
 
     def vhd() -> Seeds:
         yield "dynamic", _qemu(work, "vhd_dynamic", "vpc")
+        yield "dynamic_empty", _qemu(work, "vhd_dynamic", "vpc", written=False)
         yield "fixed", _read(b.qemu_image(work / "fixed.vhd", "vhd_fixed", "64K"))
         yield "footer", b.vhd_footer(work)
 
     def simple(kind: str, fmt: str) -> Callable[[], Seeds]:
-        def seeds() -> Seeds:
+        def seeds() -> Seeds:  # an empty one too: its tables fit within the target's max_len
             yield kind, _qemu(work, kind, fmt)
+            yield f"{kind}_empty", _qemu(work, kind, fmt, written=False)
         return seeds
 
     def luks() -> Seeds:
