@@ -55,7 +55,8 @@ def _fuzz(target: Target, options: list[str]) -> None:
     def test_one_input(data: bytes) -> None:
         one(data)
 
-    atheris.Setup([sys.argv[0], *options], test_one_input)
+    # libFuzzer runs argv[0] again to minimize a crash: the command that fuzzes this target.
+    atheris.Setup([f"{sys.executable} -m fuzz.run {target.name}", *options], test_one_input)
     atheris.Fuzz()
 
 

@@ -9,8 +9,8 @@
 #
 # One target runs at a time, under nice -n 19 (the machine is shared). Seeds come from
 # fuzz/make_corpus.py (made when a target's corpus is missing) and grow in fuzz/corpus/NAME;
-# crashes land in fuzz/out/artifacts/NAME/ and are minimized there (-minimize_crash=1,
-# into crash-*.min); each run appends "date target seconds executions crashes" to
+# crashes land in fuzz/out/artifacts/NAME/ and this run's are minimized there
+# (-minimize_crash=1, into crash-*.min; move them away once fixed); each run appends "date target seconds executions crashes" to
 # fuzz/out/runs.tsv. fuzz/corpus and fuzz/out are git-ignored. Exits 1 if any target crashed.
 set -euo pipefail
 
@@ -50,22 +50,22 @@ for target in "${TARGETS[@]}"; do
     work="$OUT/tmp/$target-$$"
     log="$OUT/logs/$target-$(date -u +%Y%m%dT%H%M%SZ).log"
     mkdir -p "$artifacts" "$work"
+    touch "$work/started"  # artifacts newer than this are this run's
     echo "==> $target: ${TIME}s, log $log"
     rc=0
     TMPDIR="$work" nice -n 19 "$PY" -m fuzz.run "$target" -max_total_time="$TIME" -rss_limit_mb="$RSS" \
         -timeout=120 -artifact_prefix="$artifacts/" -print_final_stats=1 "${EXTRA[@]}" "$corpus" \
         >"$log" 2>&1 || rc=$?
-    rm -rf "$work"
     execs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log" | tail -1)
     found=0
     for crash in "$artifacts"/crash-* "$artifacts"/timeout-* "$artifacts"/oom-*; do
-        [[ -e "$crash" && "$crash" != *.min ]] || continue
-        [[ -e "$crash.min" ]] && continue
+        [[ -e "$crash" && "$crash" != *.min && "$crash" -nt "$work/started" ]] || continue
         found=$((found + 1))
         echo "    $target: $(basename "$crash"): minimizing into $crash.min"
         TMPDIR="$OUT/tmp" nice -n 19 "$PY" -m fuzz.run "$target" -minimize_crash=1 -runs=20000 \
             -exact_artifact_path="$crash.min" "$crash" >>"$log.min" 2>&1 || true
     done
+    rm -rf "$work"
     printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%F)" "$target" "$TIME" "${execs:-0}" "$found" >>"$OUT/runs.tsv"
     echo "    $target: exit $rc, ${execs:-?} executions, $found new crash(es)"
     if ((rc != 0 || found > 0)); then
