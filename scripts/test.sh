@@ -28,8 +28,8 @@ step() {
     fi
 }
 
-step ruff   ruff check importhooks plugins tests benchmarks examples scripts
-step mypy   mypy importhooks plugins examples/site_plugin/src examples/image_service/src
+step ruff   ruff check importhooks plugins tests benchmarks examples scripts fuzz
+step mypy   mypy importhooks plugins examples/site_plugin/src examples/image_service/src fuzz
 # --no-color: Sphinx colours its output whenever CI=true, even into a log file.
 step docs   sphinx-build -W --keep-going --no-color -b html docs docs/_build/html
 # Last, so its summary line closes the log. Exit 5 (no test collected) fails like any non-zero exit.

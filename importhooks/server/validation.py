@@ -27,6 +27,8 @@ from .discovery import import_schema
 
 #: Largest import request body read, in bytes: the body is a small JSON object.
 MAX_BODY = 64 << 10
+#: Most characters of a field name (the body's, so untrusted) a refusal's message shows.
+SHOWN_NAME = 80
 JSON_TYPES = ("application/json", "application/openstack-images-v2.1-json-patch")
 
 
@@ -41,6 +43,12 @@ class ImportBody:
     os_type: str | None = None
 
 
+def shown(name: str, limit: int = SHOWN_NAME) -> str:
+    """An untrusted name as a user message shows it: escaped if any character is not printable, cut at ``limit``."""
+    text = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 def _field(error: Any) -> str:
     path = [str(part) for part in error.absolute_path]
     if error.validator == "required":
@@ -49,7 +57,7 @@ def _field(error: Any) -> str:
     elif error.validator == "additionalProperties":
         extra = error.message.split("'")[1] if "'" in error.message else ""
         path.append(extra)
-    return ".".join(part for part in path if part) or "body"
+    return shown(".".join(part for part in path if part)) or "body"
 
 
 def parse_import_request(body: bytes, content_type: str | None, settings: Settings,
@@ -68,7 +76,7 @@ def parse_import_request(body: bytes, content_type: str | None, settings: Settin
         raise BadRequest(f"The import request is larger than {MAX_BODY} bytes.", field="body")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays or objects nested too deeply
         raise BadRequest("The import request is not valid JSON.", field="body") from None
     error = best_match(Draft202012Validator(import_schema(settings, methods)).iter_errors(document))
     if error is not None:

@@ -10,6 +10,7 @@ from jsonschema.exceptions import best_match
 
 from importhooks import Settings
 from importhooks.errors import BadRequest
+from importhooks.server.validation import shown
 
 from .documents import READ_ONLY, SETTABLE, image_schema
 from .errors import Forbidden
@@ -21,7 +22,7 @@ MAX_NAME = 255
 
 
 def _where(error: Any) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "body"
+    return shown(".".join(str(part) for part in error.absolute_path)) or "body"
 
 
 def check_name(name: str, settings: Settings) -> None:
@@ -31,9 +32,9 @@ def check_name(name: str, settings: Settings) -> None:
     if name in READ_ONLY:
         raise Forbidden(f"Attribute '{name}' is read-only.")
     if name.lower().startswith(RESERVED_PREFIX):
-        raise Forbidden(f"Attribute '{name}' is reserved.")
+        raise Forbidden(f"Attribute '{shown(name)}' is reserved.")
     if name != "os_type" and settings.is_protected(name):
-        raise Forbidden(f"Property '{name}' is protected: only the image import sets it.")
+        raise Forbidden(f"Property '{shown(name)}' is protected: only the image import sets it.")
     if not name or len(name) > MAX_NAME:
         raise BadRequest(f"Property names have 1 to {MAX_NAME} characters.", field=name[:MAX_NAME] or "body")
 
