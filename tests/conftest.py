@@ -9,6 +9,7 @@ from importhooks.settings import PluginSettings
 
 from . import images
 from .conftest_servers import postgres, postgres_server, rabbitmq, rabbitmq_server  # noqa: F401
+from .service_harness import reference_service  # noqa: F401  (the session's reference service, on first use)
 from .swift_harness import swift_cluster  # noqa: F401  (a session's real Swift, started on first use)
 
 

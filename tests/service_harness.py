@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import openstack
+import pytest
 
 from .svc_events_plugin import EVENTS_ENV
 
@@ -443,3 +444,14 @@ def chunk_parts(total: int, size: int = 64 << 10, pause: float = 0.0,
         length = min(size, total - start)
         yield f"{length:x}\r\n".encode() + fill * length + b"\r\n", pause
     yield b"0\r\n\r\n", 0.0
+
+
+@pytest.fixture(scope="session")
+def reference_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The session's reference service with the default test configuration (caps 4 / 2 per project, 32 MiB
+    and 2 s upload limits, the test plugins), started on first use; modules that need another configuration
+    start their own."""
+    svc = ServiceProcess(tmp_path_factory.mktemp("reference_service"))
+    svc.start()
+    yield svc
+    svc.stop()

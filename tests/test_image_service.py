@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -68,13 +68,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")
 # -- fixtures and helpers ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The module's service: caps 4 / 2 per project, 32 MiB and 2 s upload limits, the test plugins."""
-    svc = ServiceProcess(tmp_path_factory.mktemp("image_service"))
-    svc.start()
-    yield svc
-    svc.stop()
+@pytest.fixture
+def service(reference_service: ServiceProcess) -> ServiceProcess:
+    """The session's reference service (caps 4 / 2 per project, 32 MiB and 2 s upload limits, the test plugins)."""
+    return reference_service
 
 
 @pytest.fixture(scope="module")

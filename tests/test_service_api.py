@@ -8,7 +8,6 @@ python-glanceclient's ``glance`` CLI, and httpx for the HTTP details the clients
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,10 @@ from .service_harness import (
 )
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path_factory.mktemp("api"))
-    svc.start()
-    yield svc
-    svc.stop()
+@pytest.fixture
+def service(reference_service: ServiceProcess) -> ServiceProcess:
+    """The session's reference service (caps 4 / 2 per project, 32 MiB and 2 s upload limits, the test plugins)."""
+    return reference_service
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ the refusals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +35,10 @@ from .service_harness import (
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    svc = ServiceProcess(tmp_path_factory.mktemp("members"))
-    svc.start()
-    yield svc
-    svc.stop()
+@pytest.fixture
+def service(reference_service: ServiceProcess) -> ServiceProcess:
+    """The session's reference service (caps 4 / 2 per project, 32 MiB and 2 s upload limits, the test plugins)."""
+    return reference_service
 
 
 def test_glance_cli_shares_an_image_with_another_project(service: ServiceProcess, tmp_path: Path) -> None:
