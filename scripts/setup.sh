@@ -55,11 +55,12 @@ fi
 
 # RabbitMQ and PostgreSQL (issue 16): the tests start throwaway instances of both from Debian's binaries
 # (tests/servers.py: own directories, loopback ports picked free); Debian's own services must never run.
-# Their postinst scripts start (and enable) the services: while they are being installed, a policy-rc.d
-# that denies every start is in place (only if the host has none), and removed when this script exits.
+# Their postinst scripts start (and enable) the services, as do memcached's and Swift's: while any of
+# them is being installed, a policy-rc.d that denies every start is in place (only if the host has none),
+# and removed when this script exits.
 APT_PACKAGES+=(rabbitmq-server postgresql)
 servers_missing=0
-for package in rabbitmq-server postgresql; do
+for package in rabbitmq-server postgresql memcached swift-proxy swift-account swift-container swift-object; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || servers_missing=1
 done
 if ((servers_missing)) && [[ ! -e /usr/sbin/policy-rc.d ]]; then
