@@ -35,7 +35,6 @@ from ..pipeline import Pipeline
 from ..plugins import toml_value
 from ..request import Claims, ImportRequest, Requester
 from ..result import ImportResult
-from ..server.discovery import import_info, import_schema
 from ..settings import CONTAINER_FORMATS, DISK_FORMATS, Settings, load_settings
 from ..text import escape
 from ..units import parse_size
@@ -363,8 +362,21 @@ def _document(build: Callable[[Pipeline], dict[str, Any]]) -> Callable[[argparse
     return command
 
 
-_info = _document(lambda pipeline: import_info(pipeline.settings, halted=pipeline.killswitch.is_halted()))
-_schema = _document(lambda pipeline: import_schema(pipeline.settings))
+def _info_document(pipeline: Pipeline) -> dict[str, Any]:
+    # The server kit (its import methods bring httpx) loads only for the commands that print its documents.
+    from ..server.discovery import import_info
+
+    return import_info(pipeline.settings, halted=pipeline.killswitch.is_halted())
+
+
+def _schema_document(pipeline: Pipeline) -> dict[str, Any]:
+    from ..server.discovery import import_schema
+
+    return import_schema(pipeline.settings)
+
+
+_info = _document(_info_document)
+_schema = _document(_schema_document)
 
 
 def main(argv: list[str] | None = None) -> int:
