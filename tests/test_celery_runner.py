@@ -173,7 +173,7 @@ def test_a_worker_killed_mid_import_hands_the_job_to_the_other_which_finishes_it
     assert len(cluster.rows("outcomes", image_id)) == 1 and len(cluster.rows("starts", image_id)) == 2
     assert cluster.queued() == 0
     assert (tmp_path / "store" / image_id).read_bytes() == source.read_bytes()
-    assert not any((tmp_path / "staging").iterdir())
+    assert not any((tmp_path / "staging").iterdir()) and not any((tmp_path / "work").iterdir())
 
 
 def test_the_message_carries_no_path_and_a_malformed_one_is_no_job(cluster, tmp_path):
