@@ -69,6 +69,7 @@ class ImageData:
         hash_algo: str = "sha512",
         on_progress: Callable[[int, int], None] | None = None,
         parent: ImageData | None = None,
+        hash_on_stream: bool = True,
     ) -> None:
         self.path = path
         self.kind = kind
@@ -86,6 +87,9 @@ class ImageData:
         self._read = 0
         self._lock = threading.Lock()
         self._checksums: Checksums | None = None
+        #: Whether a complete :meth:`stream` computes the checksums on the way (off when nothing will ask for
+        #: them, e.g. the ``checksums`` plugin is disabled because the store computes its own, as Glance does).
+        self._hash_on_stream = hash_on_stream
 
     @property
     def bytes_read(self) -> int:
@@ -149,10 +153,16 @@ class ImageData:
         """Yield the data from start to end in chunks.
 
         A pass that reaches the end computes the checksums on the way (md5 in a
-        helper thread, the multihash in this one, so two cores share the work).
+        helper thread, the multihash in this one, so two cores share the work),
+        unless the layer was made with ``hash_on_stream=False``.
         Raises :class:`~importhooks.errors.DataChanged` if the file's size changes.
         """
-        hashers = None if self._checksums is not None else _Hashers(self._hash_algo, threaded=self.size > _THREAD_MIN)
+        return self._stream(chunk_size, hashing=self._hash_on_stream)
+
+    def _stream(self, chunk_size: int, *, hashing: bool) -> Iterator[bytes]:
+        hashers = None
+        if hashing and self._checksums is None:
+            hashers = _Hashers(self._hash_algo, threaded=self.size > _THREAD_MIN)
         seen = 0
         try:
             with self.open() as handle:
@@ -177,7 +187,7 @@ class ImageData:
     def checksums(self) -> Checksums:
         """The checksums, from an earlier complete pass or from a pass made now."""
         if self._checksums is None:
-            for _chunk in self.stream():
+            for _chunk in self._stream(CHUNK_SIZE, hashing=True):
                 pass
         assert self._checksums is not None
         return self._checksums

@@ -49,10 +49,12 @@ NOTIFY_OPTIONS: contextvars.ContextVar[Mapping[str, Mapping[str, Any]] | None] =
 class RunControl:
     """Deadlines, halt and cancellation of one run, checked by every data read."""
 
-    def __init__(self, settings: Settings, killswitch: KillSwitch, on_progress: Callable[[int, int], None]) -> None:
+    def __init__(self, settings: Settings, killswitch: KillSwitch, on_progress: Callable[[int, int], None], *,
+                 checksums: bool = True) -> None:
         self._settings = settings
         self._killswitch = killswitch
         self._on_progress = on_progress
+        self._checksums = checksums  # hash on each layer's first pass: the checksums plugin will ask
         self._run_deadline = time.monotonic() + settings.run_timeout
         self.stage_deadline = self._run_deadline
         self.cancelled: type[RunAborted] | None = None
@@ -88,6 +90,7 @@ class RunControl:
             hash_algo=self._settings.hashing_algorithm,
             on_progress=self._on_progress,
             parent=parent,
+            hash_on_stream=self._checksums,
         )
 
 
@@ -188,7 +191,8 @@ class _Run:
         self.stage = "pre_validate"
         self.completed = False
         self._last_progress = 0.0
-        self.control = RunControl(pipeline.settings, pipeline.killswitch, self._progress)
+        self.control = RunControl(pipeline.settings, pipeline.killswitch, self._progress,
+                                  checksums="checksums" in pipeline.enabled_plugins)
         data = self.control.new_layer(Path(request.path), kind="staged", parent=None)
         self.context = ImportContext(request, pipeline.settings, sink=self.sink, catalog=pipeline.catalog,
                                      options=pipeline.options, control=self.control, workdir=workdir, data=data,

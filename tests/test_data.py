@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from importhooks import Claims, ImportContext, ImportRequest, Pipeline, Verdict, hookimpl
 from importhooks.data import ImageData
 from importhooks.errors import DataChanged, ReadBudgetExceeded, StageTimeout
+
+from . import images
 
 
 def layer(path: Path, passes: int = 8, check=lambda: None) -> ImageData:
@@ -129,3 +133,31 @@ def test_read_at(payload):
     assert data.read_at(256, 4) == bytes(range(4))
     assert data.read_at(payload.stat().st_size - 2, 100) == b"il"
     assert data.bytes_read == 6
+
+
+class _FinalizeProbe:
+    """A plugin that asks for the checksums in ``finalize`` and records what that cost in reads."""
+
+    def __init__(self) -> None:
+        self.extra_read: int | None = None
+
+    @hookimpl(trylast=True)
+    def importhooks_finalize(self, context: ImportContext) -> None:
+        before = context.data.bytes_read
+        context.data.checksums()
+        self.extra_read = context.data.bytes_read - before
+
+
+@pytest.mark.parametrize("checksums_plugin", [True, False])
+def test_the_first_pass_hashes_only_when_the_checksums_plugin_runs(settings, tmp_path, checksums_plugin):
+    """With the checksums plugin the disk inspector's pass computes them (asking later reads nothing more);
+    without it (Glance hashes while it stores) that pass does not hash, and asking costs a pass of its own."""
+    path = images.raw_image(tmp_path / "disk.raw", 4 << 20)
+    if not checksums_plugin:
+        settings = settings.replace(plugins=dataclasses.replace(settings.plugins, disabled=("checksums",)))
+    probe = _FinalizeProbe()
+    pipeline = Pipeline.from_settings(settings, extra_plugins=[("probe", probe)])
+    result = pipeline.run(ImportRequest(path, Claims(disk_format="raw")))
+    assert result.verdict is Verdict.ACCEPT, result.findings
+    assert probe.extra_read == (0 if checksums_plugin else path.stat().st_size)
+    assert (result.checksums is not None) is checksums_plugin

@@ -21,6 +21,7 @@ This module imports Glance's libraries; :mod:`importhooks` never imports it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -34,7 +35,7 @@ from oslo_config import cfg
 from taskflow import task
 from taskflow.patterns import linear_flow
 
-from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Requester, load_settings
+from importhooks import Claims, ImportRequest, ImportResult, Pipeline, Requester, Settings, load_settings
 from importhooks.findings import Severity
 from importhooks.text import escape
 
@@ -74,9 +75,18 @@ def pipeline_for(config_file: str | None) -> Pipeline:
     with _lock:
         pipeline = _pipelines.get(config_file)
         if pipeline is None:
-            pipeline = Pipeline.from_settings(load_settings(config_file))
+            pipeline = Pipeline.from_settings(glance_settings(load_settings(config_file)))
             _pipelines[config_file] = pipeline
         return pipeline
+
+
+def glance_settings(settings: Settings) -> Settings:
+    """``settings`` without the ``checksums`` plugin: Glance computes ``checksum`` and ``os_hash_value``
+    itself while it writes the data to the store, so hashing it here too would only cost a pass."""
+    if "checksums" in settings.plugins.disabled:
+        return settings
+    return settings.replace(plugins=dataclasses.replace(settings.plugins,
+                                                        disabled=(*settings.plugins.disabled, "checksums")))
 
 
 def configured_file() -> str | None:
