@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,15 +55,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def run_leftovers() -> list[int]:
-    """Processes below this one that a run may have started: all but a FUSE server of :func:`failing_file`."""
+def run_leftovers(existing: Collection[int] = ()) -> list[int]:
+    """Processes below this one that a run may have started: all but a FUSE server of :func:`failing_file` and
+    the ``existing`` ones (the session's servers, e.g. RabbitMQ, which earlier tests started)."""
     def is_fuse_server(pid: int) -> bool:
         try:
             return b"tests.fault_tools" in Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
 
-    return [pid for pid in descendants(os.getpid()) if not is_fuse_server(pid)]
+    return [pid for pid in descendants(os.getpid()) if pid not in existing and not is_fuse_server(pid)]
 
 
 def alive(pid: int) -> bool:

@@ -26,7 +26,7 @@ from importhooks import Claims, ImportContext, ImportRequest, ImportResult, Pipe
 from importhooks.settings import PluginSettings
 
 from . import compression_images, images, zip_images
-from .fault_tools import alive, failing_file, fake_program, open_fds, run_leftovers, small_tmpfs
+from .fault_tools import alive, descendants, failing_file, fake_program, open_fds, run_leftovers, small_tmpfs
 from .helpers import codes
 
 IMPORTHOOKS = Path(sys.executable).with_name("importhooks")
@@ -51,10 +51,20 @@ def record_codes(record: dict[str, Any]) -> list[str]:
     return [finding["code"] for finding in record["findings"]]
 
 
+#: Processes below pytest when the current test began: the session's servers, never a run's.
+_EXISTING: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _processes_before_the_test() -> None:
+    _EXISTING.clear()
+    _EXISTING.update(descendants(os.getpid()))
+
+
 def assert_clean(workdir: Path, fds_before: int | None = None) -> None:
     """Nothing left behind: no temporary file, no child process, no open file (in-process runs)."""
     assert list(workdir.iterdir()) == []
-    assert run_leftovers() == []
+    assert run_leftovers(_EXISTING) == []
     if fds_before is not None:
         assert open_fds() == fds_before
 
