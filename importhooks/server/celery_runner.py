@@ -37,14 +37,14 @@ from typing import Any
 from celery import Celery  # type: ignore[import-untyped]  # Celery ships no type hints
 from kombu.exceptions import OperationalError
 
-from ..errors import BadRequest, ImageGone, ImportHalted
+from ..errors import BadRequest, ImportHalted
 from ..events import Event, EventType
 from ..pipeline import Pipeline
 from ..request import Claims, ImportRequest, Requester
 from ..settings import Settings
-from .runner import HALTED, STORE_FAILED, Finish, ImportJob, ImportOutcome, Store, image_fields
+from . import runner
+from .runner import HALTED, Finish, ImportJob, ImportOutcome, Store
 from .staging import StagingArea, image_key
-from .status import ImageStatus
 
 log = logging.getLogger(__name__)
 
@@ -147,20 +147,8 @@ def register_worker(app: Celery, worker: WorkerSide) -> None:
 
 
 def run_job(worker: WorkerSide, job: ImportJob) -> ImportOutcome:
-    """Run the pipeline on ``job`` as the local runner does, removing the claimed data afterwards."""
-    try:
-        result = worker.pipeline.run(job.request, store=lambda path: worker.store(job, path))
-    except ImageGone:
-        log.info("image %s was deleted during its import; its data is dropped", job.image_id)
-        return ImportOutcome(ImageStatus.DELETED)
-    except Exception:
-        log.exception("storing image %s failed", job.image_id)
-        return ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)
-    finally:
-        worker.staging.release(job.image_id)
-    if result.accepted:
-        return ImportOutcome(ImageStatus.ACTIVE, MappingProxyType(image_fields(result)), result=result)
-    return ImportOutcome(ImageStatus.KILLED, message=result.user_message or "The image was rejected.", result=result)
+    """Run the pipeline on ``job`` exactly as the local runner does (:func:`.runner.run_job`)."""
+    return runner.run_job(worker.pipeline, worker.staging, worker.store, job)
 
 
 class CeleryRunner:

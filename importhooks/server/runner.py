@@ -194,22 +194,28 @@ class ImportRunner:
                     self._cond.notify_all()
 
     def _run(self, job: ImportJob) -> ImportOutcome:
-        try:
-            result = self.pipeline.run(job.request, store=lambda path: self._store(job, path))
-        except ImageGone:
-            log.info("image %s was deleted during its import; its data is dropped", job.image_id)
-            return ImportOutcome(ImageStatus.DELETED)
-        except Exception:
-            log.exception("storing image %s failed", job.image_id)
-            return ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)
-        finally:
-            self.staging.release(job.image_id)
-            if job.request.path == self.staging.path(job.image_id):  # the server did not claim it
-                self.staging.discard(job.image_id)
-        if result.accepted:
-            return ImportOutcome(ImageStatus.ACTIVE, MappingProxyType(image_fields(result)), result=result)
-        return ImportOutcome(ImageStatus.KILLED, message=result.user_message or "The image was rejected.",
-                             result=result)
+        return run_job(self.pipeline, self.staging, self._store, job)
+
+
+def run_job(pipeline: Pipeline, staging: StagingArea, store: Store, job: ImportJob) -> ImportOutcome:
+    """Run the pipeline on ``job``, store accepted data through ``store``, release (and, when the server did not
+    claim it, discard) the staged data, and say how the job ended. Shared by every runner (local, Celery)."""
+    try:
+        result = pipeline.run(job.request, store=lambda path: store(job, path))
+    except ImageGone:
+        log.info("image %s was deleted during its import; its data is dropped", job.image_id)
+        return ImportOutcome(ImageStatus.DELETED)
+    except Exception:
+        log.exception("storing image %s failed", job.image_id)
+        return ImportOutcome(ImageStatus.KILLED, message=STORE_FAILED)
+    finally:
+        staging.release(job.image_id)
+        if job.request.path == staging.path(job.image_id):  # the server did not claim it
+            staging.discard(job.image_id)
+    if result.accepted:
+        return ImportOutcome(ImageStatus.ACTIVE, MappingProxyType(image_fields(result)), result=result)
+    return ImportOutcome(ImageStatus.KILLED, message=result.user_message or "The image was rejected.",
+                         result=result)
 
 
 def _project(job: ImportJob) -> str:
